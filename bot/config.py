@@ -1,0 +1,168 @@
+"""All settings, read in one place: environment variables and `.env` (see `.env.example`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(SystemExit):
+    """Start-up stops with one line naming the bad setting."""
+
+
+class _Env(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
+
+
+class BotSettings(_Env):
+    model_config = SettingsConfigDict(env_prefix="BOT_", env_file=".env", extra="ignore", env_ignore_empty=True, populate_by_name=True)
+
+    data_dir: Path = Path("./var")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=1, le=65535)
+    # Hub id, local folder or GGUF file; empty means the registry's current version in data_dir.
+    model: str = ""
+    system_prompt: str = (
+        "You are the customer-service assistant of Maple Mall (枫叶商城). "
+        "Answer briefly and politely in the customer's language."
+    )
+    context_tokens: int = Field(1024, ge=64, description="prompt budget: system prompt + history + question")
+    max_new_tokens: int = Field(96, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, ge=1.0)
+    model_timeout_s: float = Field(20.0, gt=0)
+    model_concurrency: int = Field(1, ge=1)
+    session_idle_minutes: float = Field(30.0, gt=0)
+    cache_size: int = Field(4096, ge=0)
+    cache_ttl_s: float = Field(3600.0, gt=0)
+    # Extra lexicons (comma-separated files, `word<TAB>category` per line); the shipped one is always loaded.
+    lexicons: str = ""
+    allowlists: str = ""
+    # category=policy pairs; policies are "block" (canned reply, no model call) or "mask".
+    filter_policy: str = "abuse=mask,fraud=block,violence=block,default=mask"
+    max_message_chars: int = Field(4000, ge=1)
+    # Comma-separated `channel:user_id` entries of human agents, shared by every channel.
+    agent_ids: str = Field("", validation_alias=AliasChoices("AGENT_IDS", "BOT_AGENT_IDS"))
+    log_level: str = "INFO"
+    registry_poll_s: float = Field(2.0, gt=0)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @field_validator("filter_policy")
+    @classmethod
+    def _known_policies(cls, value: str) -> str:
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            category, sep, policy = pair.partition("=")
+            if not sep or policy not in {"block", "mask"}:
+                raise ValueError(f"{pair!r}: expected category=block or category=mask")
+        return value
+
+    @property
+    def agents(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in self.agent_ids.split(",") if a.strip())
+
+    @property
+    def policies(self) -> dict[str, str]:
+        pairs = (p.strip().partition("=") for p in self.filter_policy.split(",") if p.strip())
+        return {category: policy for category, _, policy in pairs}
+
+    @staticmethod
+    def paths(value: str) -> list[Path]:
+        return [Path(p.strip()) for p in value.split(",") if p.strip()]
+
+
+class TelegramSettings(_Env):
+    model_config = SettingsConfigDict(env_prefix="TELEGRAM_", env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    bot_token: str = ""
+    api_base: str = ""
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    agent_chat_id: int | None = None
+    # Reactions that rate an answer, as `emoji=1` / `emoji=-1` pairs, comma-separated; empty keeps the default set.
+    reactions: str = ""
+
+    @field_validator("reactions")
+    @classmethod
+    def _reaction_pairs(cls, value: str) -> str:
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            emoji, sep, rating = pair.partition("=")
+            if not sep or not emoji.strip() or rating.strip() not in {"1", "-1"}:
+                raise ValueError(f"{pair!r}: expected emoji=1 or emoji=-1")
+        return value
+
+    @property
+    def reaction_ratings(self) -> dict[str, int]:
+        pairs = (p.strip().partition("=") for p in self.reactions.split(",") if p.strip())
+        return {emoji.strip(): int(rating) for emoji, _, rating in pairs}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bot_token)
+
+
+class SlackSettings(_Env):
+    model_config = SettingsConfigDict(env_prefix="SLACK_", env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    bot_token: str = ""
+    signing_secret: str = ""
+    app_token: str = ""
+    api_base: str = ""
+    agent_channel: str = ""
+    # Reactions that rate an answer: `emoji=1` or `emoji=-1` pairs (skin tones are ignored).
+    reaction_ratings: str = "+1=1,thumbsup=1,white_check_mark=1,heart=1,-1=-1,thumbsdown=-1,x=-1"
+
+    @field_validator("reaction_ratings")
+    @classmethod
+    def _known_ratings(cls, value: str) -> str:
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            emoji, sep, rating = pair.rpartition("=")
+            if not sep or not emoji or rating not in {"1", "-1"}:
+                raise ValueError(f"{pair!r}: expected emoji=1 or emoji=-1")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bot_token)
+
+    @property
+    def ratings(self) -> dict[str, int]:
+        pairs = (p.strip().rpartition("=") for p in self.reaction_ratings.split(",") if p.strip())
+        return {emoji.strip(): int(rating) for emoji, _, rating in pairs}
+
+
+def _load(cls: type[_Env]) -> _Env:
+    try:
+        return cls()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        prefix = cls.model_config.get("env_prefix", "")
+        name = (prefix + str(err["loc"][0])).upper() if err["loc"] else cls.__name__
+        if name == "BOT_AGENT_IDS":
+            name = "AGENT_IDS"
+        raise ConfigError(f"config error: {name}: {err['msg']}") from None
+
+
+def load_settings() -> BotSettings:
+    return _load(BotSettings)  # type: ignore[return-value]
+
+
+def load_telegram() -> TelegramSettings:
+    settings = _load(TelegramSettings)
+    if settings.enabled and settings.webhook_url and not settings.webhook_secret:  # type: ignore[attr-defined]
+        raise ConfigError("config error: TELEGRAM_WEBHOOK_SECRET: required when TELEGRAM_WEBHOOK_URL is set")
+    return settings  # type: ignore[return-value]
+
+
+def load_slack() -> SlackSettings:
+    settings = _load(SlackSettings)
+    if settings.enabled and not settings.app_token and not settings.signing_secret:  # type: ignore[attr-defined]
+        raise ConfigError("config error: SLACK_SIGNING_SECRET: required for the Events API (or set SLACK_APP_TOKEN)")
+    return settings  # type: ignore[return-value]

@@ -1,0 +1,33 @@
+"""The one neutral message type every channel translates to and from (Rasa's UserMessage idea)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class UserMessage:
+    channel: str  # "telegram", "slack", "http", "console"
+    conversation_id: str  # chat (+thread) on the platform
+    user_id: str  # the sender on the platform
+    message_id: str  # platform message id: the deduplication key within the channel
+    text: str
+    time: datetime = field(default_factory=utcnow)
+
+    @property
+    def sender(self) -> str:
+        """The sender as written in AGENT_IDS: `channel:user_id`."""
+        return f"{self.channel}:{self.user_id}"
+
+
+@dataclass(frozen=True)
+class BotReply:
+    text: str
+    turn_id: int | None  # None for replies that are not answers (e.g. /reset)
+    cached: bool = False
+    model_version: str = ""
+    duplicate: bool = False  # the message was seen before; this is the answer already given

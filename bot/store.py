@@ -1,0 +1,295 @@
+"""SQLite store (aiosqlite): one connection, so one writer; WAL so readers never wait on it.
+
+Every write commits before the caller acknowledges anything, so a restart loses nothing acknowledged.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterable
+
+import aiosqlite
+
+from bot.message import utcnow
+
+# Append-only: each entry moves the schema one version up (PRAGMA user_version).
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE conversations (
+        channel TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        session INTEGER NOT NULL DEFAULT 1,
+        last_at TEXT NOT NULL,
+        PRIMARY KEY (channel, conversation_id)
+    );
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        session INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        user_text TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        variant TEXT NOT NULL DEFAULT 'current',
+        latency_ms REAL NOT NULL,
+        cached INTEGER NOT NULL DEFAULT 0,
+        outcome TEXT NOT NULL DEFAULT 'answered',
+        created_at TEXT NOT NULL,
+        UNIQUE (channel, message_id)
+    );
+    CREATE INDEX turns_by_conversation ON turns (channel, conversation_id, session, id);
+    CREATE TABLE answer_messages (
+        channel TEXT NOT NULL,
+        chat_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        turn_id INTEGER NOT NULL REFERENCES turns(id),
+        PRIMARY KEY (channel, chat_id, message_id)
+    );
+    CREATE TABLE ratings (
+        turn_id INTEGER NOT NULL REFERENCES turns(id),
+        rater TEXT NOT NULL,
+        role TEXT NOT NULL,
+        rating INTEGER NOT NULL CHECK (rating IN (-1, 1)),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (turn_id, rater)
+    );
+    CREATE TABLE corrections (
+        id INTEGER PRIMARY KEY,
+        turn_id INTEGER NOT NULL REFERENCES turns(id),
+        rater TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE inbox (
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        done_at TEXT,
+        PRIMARY KEY (channel, key)
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Turn:
+    id: int
+    channel: str
+    conversation_id: str
+    session: int
+    user_id: str
+    message_id: str
+    user_text: str
+    answer: str
+    model_version: str
+    variant: str
+    latency_ms: float
+    cached: bool
+    outcome: str
+    created_at: str
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path | str) -> "Store":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path))
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+        store = cls(db)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        (version,) = await (await self._db.execute("PRAGMA user_version")).fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    async def session_for(self, channel: str, conversation_id: str, idle: timedelta) -> int:
+        """The conversation's current session; a new one after `idle` without a message."""
+        now = utcnow()
+        row = await self._fetchone(
+            "SELECT session, last_at FROM conversations WHERE channel=? AND conversation_id=?",
+            (channel, conversation_id),
+        )
+        if row is None:
+            session = 1
+        elif now - datetime.fromisoformat(row["last_at"]) > idle:
+            session = row["session"] + 1
+        else:
+            session = row["session"]
+        await self._write(
+            "INSERT INTO conversations (channel, conversation_id, session, last_at) VALUES (?,?,?,?) "
+            "ON CONFLICT (channel, conversation_id) DO UPDATE SET session=excluded.session, last_at=excluded.last_at",
+            (channel, conversation_id, session, now.isoformat()),
+        )
+        return session
+
+    async def new_session(self, channel: str, conversation_id: str) -> int:
+        now = utcnow().isoformat()
+        await self._write(
+            "INSERT INTO conversations (channel, conversation_id, session, last_at) VALUES (?,?,2,?) "
+            "ON CONFLICT (channel, conversation_id) DO UPDATE SET session=session+1, last_at=excluded.last_at",
+            (channel, conversation_id, now),
+        )
+        row = await self._fetchone(
+            "SELECT session FROM conversations WHERE channel=? AND conversation_id=?", (channel, conversation_id)
+        )
+        return int(row["session"])
+
+    # --- turns ----------------------------------------------------------------------------------
+
+    async def add_turn(self, **fields: Any) -> int:
+        fields.setdefault("created_at", utcnow().isoformat())
+        fields["cached"] = int(fields.get("cached", False))
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        cursor = await self._write(f"INSERT INTO turns ({names}) VALUES ({marks})", tuple(fields.values()))
+        return int(cursor.lastrowid)
+
+    async def turn(self, turn_id: int) -> Turn | None:
+        row = await self._fetchone("SELECT * FROM turns WHERE id=?", (turn_id,))
+        return _turn(row) if row else None
+
+    async def turn_for_message(self, channel: str, message_id: str) -> Turn | None:
+        row = await self._fetchone("SELECT * FROM turns WHERE channel=? AND message_id=?", (channel, message_id))
+        return _turn(row) if row else None
+
+    async def history(self, channel: str, conversation_id: str, session: int, limit: int = 50) -> list[Turn]:
+        """Answered turns of one session, oldest first."""
+        rows = await self._fetchall(
+            "SELECT * FROM (SELECT * FROM turns WHERE channel=? AND conversation_id=? AND session=? "
+            "AND outcome='answered' ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (channel, conversation_id, session, limit),
+        )
+        return [_turn(r) for r in rows]
+
+    async def latest_turn(self, channel: str, conversation_id: str) -> Turn | None:
+        """The conversation's most recent turn, in any session (None: the bot never answered there)."""
+        row = await self._fetchone(
+            "SELECT * FROM turns WHERE channel=? AND conversation_id=? ORDER BY id DESC LIMIT 1",
+            (channel, conversation_id))
+        return _turn(row) if row else None
+
+    async def session_turns(self, channel: str, conversation_id: str, session: int, before_id: int) -> list[Turn]:
+        rows = await self._fetchall(
+            "SELECT * FROM turns WHERE channel=? AND conversation_id=? AND session=? AND id<? AND outcome='answered' "
+            "ORDER BY id", (channel, conversation_id, session, before_id))
+        return [_turn(r) for r in rows]
+
+    async def turns(self) -> list[Turn]:
+        return [_turn(r) for r in await self._fetchall("SELECT * FROM turns ORDER BY id", ())]
+
+    # --- platform message ids of answers, so reactions find their turn ---------------------------
+
+    async def link_answer_message(self, channel: str, chat_id: str, message_id: str, turn_id: int) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO answer_messages (channel, chat_id, message_id, turn_id) VALUES (?,?,?,?)",
+            (channel, str(chat_id), str(message_id), turn_id),
+        )
+
+    async def turn_for_answer_message(self, channel: str, chat_id: str, message_id: str) -> int | None:
+        row = await self._fetchone(
+            "SELECT turn_id FROM answer_messages WHERE channel=? AND chat_id=? AND message_id=?",
+            (channel, str(chat_id), str(message_id)),
+        )
+        return int(row["turn_id"]) if row else None
+
+    # --- ratings and corrections ----------------------------------------------------------------
+
+    async def set_rating(self, turn_id: int, rater: str, role: str, rating: int | None) -> None:
+        """A later rating by the same rater replaces the earlier one; None retracts it."""
+        if rating is None:
+            await self._write("DELETE FROM ratings WHERE turn_id=? AND rater=?", (turn_id, rater))
+            return
+        await self._write(
+            "INSERT OR REPLACE INTO ratings (turn_id, rater, role, rating, created_at) VALUES (?,?,?,?,?)",
+            (turn_id, rater, role, rating, utcnow().isoformat()),
+        )
+
+    async def ratings(self, turn_id: int | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM ratings", ()
+        if turn_id is not None:
+            sql, args = sql + " WHERE turn_id=?", (turn_id,)
+        return [dict(r) for r in await self._fetchall(sql + " ORDER BY created_at", args)]
+
+    async def add_correction(self, turn_id: int, rater: str, text: str) -> None:
+        await self._write(
+            "INSERT INTO corrections (turn_id, rater, text, created_at) VALUES (?,?,?,?)",
+            (turn_id, rater, text, utcnow().isoformat()),
+        )
+
+    async def corrections(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._fetchall("SELECT * FROM corrections ORDER BY id", ())]
+
+    # --- audit log --------------------------------------------------------------------------------
+
+    async def audit(self, actor: str, action: str, **detail: Any) -> None:
+        await self._write(
+            "INSERT INTO audit (at, actor, action, detail) VALUES (?,?,?,?)",
+            (utcnow().isoformat(), actor, action, json.dumps(detail, ensure_ascii=False, default=str)),
+        )
+
+    async def audit_events(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._fetchall("SELECT * FROM audit ORDER BY id", ())]
+
+    # --- inbox: platform events recorded before they are acknowledged ---------------------------
+
+    async def inbox_add(self, channel: str, key: str, payload: dict[str, Any]) -> bool:
+        """Record an incoming event; False if it was recorded before (a redelivery)."""
+        cursor = await self._write(
+            "INSERT OR IGNORE INTO inbox (channel, key, payload, received_at) VALUES (?,?,?,?)",
+            (channel, key, json.dumps(payload, ensure_ascii=False), utcnow().isoformat()),
+        )
+        return cursor.rowcount == 1
+
+    async def inbox_done(self, channel: str, key: str) -> None:
+        await self._write("UPDATE inbox SET done_at=? WHERE channel=? AND key=?", (utcnow().isoformat(), channel, key))
+
+    async def inbox_pending(self, channel: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self._fetchall(
+            "SELECT key, payload FROM inbox WHERE channel=? AND done_at IS NULL ORDER BY received_at", (channel,)
+        )
+        return [(r["key"], json.loads(r["payload"])) for r in rows]
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def _write(self, sql: str, args: Iterable[Any]) -> aiosqlite.Cursor:
+        cursor = await self._db.execute(sql, tuple(args))
+        await self._db.commit()
+        return cursor
+
+    async def _fetchone(self, sql: str, args: Iterable[Any]) -> aiosqlite.Row | None:
+        return await (await self._db.execute(sql, tuple(args))).fetchone()
+
+    async def _fetchall(self, sql: str, args: Iterable[Any]) -> list[aiosqlite.Row]:
+        return list(await (await self._db.execute(sql, tuple(args))).fetchall())
+
+
+def _turn(row: aiosqlite.Row) -> Turn:
+    values = dict(row)
+    values["cached"] = bool(values["cached"])
+    return Turn(**values)

@@ -1,0 +1,134 @@
+"""Model registry: one folder per version under `<data dir>/models`, and `state.json` saying which
+version serves (current), which is on trial (candidate, with its A/B share) and what came before.
+
+A version folder appears under its final name only when complete (built as `.partial`, then renamed),
+and state.json is replaced atomically, so an interrupted run never leaves a half-registered version.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+STATE = "state.json"
+MANIFEST = "manifest.json"
+
+
+class RegistryError(Exception):
+    pass
+
+
+@dataclass
+class State:
+    current: str | None = None
+    candidate: str | None = None
+    ab_share: float = 0.0
+    history: list[str] = field(default_factory=list)  # earlier production versions, newest last
+
+
+class Registry:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir) / "models"
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def state(self) -> State:
+        path = self.root / STATE
+        if not path.exists():
+            return State()
+        return State(**json.loads(path.read_text()))
+
+    def state_stamp(self) -> float:
+        """Changes whenever the state changes: cheap to poll."""
+        path = self.root / STATE
+        return path.stat().st_mtime_ns if path.exists() else 0
+
+    def versions(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / MANIFEST).exists())
+
+    def path(self, version: str) -> Path:
+        folder = self.root / version
+        if not (folder / MANIFEST).exists():
+            raise RegistryError(f"no registered model version {version!r} (have: {', '.join(self.versions()) or 'none'})")
+        return folder
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        return json.loads((self.path(version) / MANIFEST).read_text())
+
+    def resolve(self, name: str) -> str:
+        """`current`, `candidate` or a version name -> a version name."""
+        state = self.state()
+        version = {"current": state.current, "candidate": state.candidate}.get(name, name)
+        if not version:
+            raise RegistryError(f"there is no {name} model version yet: run `python -m tuning bootstrap`")
+        self.path(version)
+        return version
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def start_version(self) -> tuple[str, Path]:
+        """A fresh version name and the scratch folder to build it in."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        numbers = [int(v[1:]) for v in self.versions() if v[1:].isdigit()]
+        version = f"v{max(numbers, default=0) + 1:04d}"
+        scratch = self.root / f"{version}.partial"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+        return version, scratch
+
+    def register(self, version: str, scratch: Path, manifest: dict[str, Any]) -> Path:
+        manifest = {"version": version, "created_at": datetime.now(timezone.utc).isoformat(), **manifest}
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        final = self.root / version
+        os.replace(scratch, final)
+        return final
+
+    def update_manifest(self, version: str, **fields: Any) -> None:
+        path = self.path(version) / MANIFEST
+        manifest = json.loads(path.read_text()) | fields
+        _atomic_write(path, json.dumps(manifest, indent=2, ensure_ascii=False))
+
+    def promote(self, version: str) -> State:
+        self.path(version)
+        state = self.state()
+        if state.current and state.current != version:
+            state.history.append(state.current)
+        state.current = version
+        if state.candidate == version:
+            state.candidate, state.ab_share = None, 0.0
+        self._save(state)
+        return state
+
+    def rollback(self) -> State:
+        state = self.state()
+        if not state.history:
+            raise RegistryError("nothing to roll back to: no earlier production version")
+        state.current = state.history.pop()
+        self._save(state)
+        return state
+
+    def set_candidate(self, version: str | None, ab_share: float = 0.0) -> State:
+        if version is not None:
+            self.path(version)
+        if not 0.0 <= ab_share <= 1.0:
+            raise RegistryError(f"A/B share must be between 0 and 1, got {ab_share}")
+        state = self.state()
+        state.candidate, state.ab_share = version, ab_share if version else 0.0
+        self._save(state)
+        return state
+
+    def _save(self, state: State) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.root / STATE, json.dumps(state.__dict__, indent=2))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,214 @@
+"""Training loop (nanoGPT-style): encode chats, shuffle, step, log. Used by the starter model and by
+the monthly LoRA tune. Loss falls on assistant tokens only: the prompt's labels are -100."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 20
+    weight_decay: float = 0.0
+    max_len: int = 256
+    seed: int = 0
+    grad_checkpointing: bool = False
+    log_every: int = 25
+    checkpoint_every: int = 0  # 0: no intermediate checkpoints
+
+
+def chat_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """Split a rendered chat into (text, is_assistant_answer) pieces using the tokenizer's template."""
+    segments, done = [], ""
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            segments.append((prompt[len(done):], False))
+            segments.append((full[len(prompt):], True))
+            done = full
+    return segments
+
+
+def encode(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels; each piece is tokenised on its own so the label mask is exact."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, is_answer in chat_segments(tokenizer, messages):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if is_answer else [IGNORE] * len(piece)
+    return ids[-max_len:], labels[-max_len:]  # keep the end: the answers being learnt
+
+
+def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), IGNORE)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (row_ids, row_labels) in enumerate(rows):
+        ids[r, : len(row_ids)] = torch.tensor(row_ids)
+        labels[r, : len(row_labels)] = torch.tensor(row_labels)
+        mask[r, : len(row_ids)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _length_grouped_batches(rows: list[tuple[list[int], list[int]]], size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches whose rows have similar lengths, so little compute goes to padding."""
+    order = rng.sample(range(len(rows)), len(rows))
+    batches = []
+    for start in range(0, len(order), size * 16):
+        chunk = sorted(order[start : start + size * 16], key=lambda i: len(rows[i][0]))
+        batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def device_and_dtype() -> tuple[torch.device, torch.dtype | None]:
+    """bf16 (or fp16) autocast on CUDA, plain fp32 on CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.device("cpu"), None
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    chats: list[list[dict[str, str]]],
+    cfg: TrainConfig,
+    out_dir: Path | None = None,
+    resume: bool = False,
+) -> list[float]:
+    """Train `model` in place on `chats`; returns the loss per step. With `out_dir`, writes
+    `loss.jsonl` and (every `checkpoint_every` steps) `checkpoint.pt` to resume from."""
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device, autocast_dtype = device_and_dtype()
+    model.to(device).train()
+    if cfg.grad_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    rows = [encode(tokenizer, chat, cfg.max_len) for chat in chats]
+    rows = [r for r in rows if any(label != IGNORE for label in r[1])]
+    if not rows:
+        raise ValueError("no training example has an assistant answer")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    start, losses = 0, []
+    checkpoint = out_dir / "checkpoint.pt" if out_dir else None
+    if resume and checkpoint and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device)
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses = state["step"], state["losses"]
+        log.info("resumed from %s at step %d", checkpoint, start)
+    batches: list[list[int]] = []
+    rng = random.Random(cfg.seed + start)
+    loss_log = open(out_dir / "loss.jsonl", "a") if out_dir else None
+    began = time.perf_counter()
+    for step in tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps, mininterval=2):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            if not batches:
+                batches = _length_grouped_batches(rows, cfg.batch_size, rng)
+            batch = {k: v.to(device) for k, v in _batch([rows[i] for i in batches.pop()], pad_id).items()}
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = model(**batch).loss / cfg.grad_accum
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+        if loss_log and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            loss_log.write(json.dumps({"step": step, "loss": round(total, 5), "s": round(time.perf_counter() - began, 2)}) + "\n")
+            loss_log.flush()
+        if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+            torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step + 1, "losses": losses}, checkpoint)
+    if loss_log:
+        loss_log.close()
+    model.eval()
+    return losses
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: str = "all-linear"  # every linear projection (attention and MLP), not the LM head
+
+
+def load_base(base: str | Path) -> tuple[Any, Any]:
+    """Tokenizer and PyTorch model from a folder, a hub id or a GGUF file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(base)
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise FileNotFoundError(f"base model not found: {path}")
+        kwargs: dict[str, Any] = {"gguf_file": path.name}
+        base = path.parent
+    else:
+        kwargs = {}
+        if (path.is_absolute() or str(base).startswith(".")) and not path.exists():
+            raise FileNotFoundError(f"base model not found: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(base, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
+    return tokenizer, model
+
+
+def fine_tune(base: str | Path, chats: list[list[dict[str, str]]], out_dir: Path, cfg: TrainConfig,
+              method: str = "lora", lora: LoraSettings | None = None, resume: bool = False) -> list[float]:
+    """LoRA (merged afterwards) or full fine-tune of `base`; the result is saved as a plain model in
+    `out_dir`, so the next month's tune can start from it."""
+    tokenizer, model = load_base(base)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = lora or LoraSettings()
+        model = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.targets, task_type="CAUSAL_LM"))
+    elif method != "full":
+        raise ValueError(f"unknown method {method!r}: use lora or full")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    losses = train(model, tokenizer, chats, cfg, out_dir=out_dir, resume=resume)
+    if method == "lora":
+        model = model.merge_and_unload()
+    model.to("cpu").save_pretrained(out_dir / "hf")
+    tokenizer.save_pretrained(out_dir / "hf")
+    model.generation_config.save_pretrained(out_dir / "hf")
+    return losses
