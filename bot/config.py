@@ -20,7 +20,7 @@ class BotSettings(_Env):
 
     data_dir: Path = Path("./var")
     http_host: str = "127.0.0.1"
-    http_port: int = Field(8080, ge=1, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
     # Hub id, local folder or GGUF file; empty means the registry's current version in data_dir.
     model: str = ""
     system_prompt: str = (
@@ -117,9 +117,9 @@ class SlackSettings(_Env):
     api_base: str = ""
     agent_channel: str = ""
     # Reactions that rate an answer: `emoji=1` or `emoji=-1` pairs (skin tones are ignored).
-    reaction_ratings: str = "+1=1,thumbsup=1,white_check_mark=1,heart=1,-1=-1,thumbsdown=-1,x=-1"
+    reactions: str = "+1=1,thumbsup=1,white_check_mark=1,heart=1,-1=-1,thumbsdown=-1,x=-1"
 
-    @field_validator("reaction_ratings")
+    @field_validator("reactions")
     @classmethod
     def _known_ratings(cls, value: str) -> str:
         for pair in filter(None, (p.strip() for p in value.split(","))):
@@ -133,8 +133,8 @@ class SlackSettings(_Env):
         return bool(self.bot_token)
 
     @property
-    def ratings(self) -> dict[str, int]:
-        pairs = (p.strip().rpartition("=") for p in self.reaction_ratings.split(",") if p.strip())
+    def reaction_ratings(self) -> dict[str, int]:
+        pairs = (p.strip().rpartition("=") for p in self.reactions.split(",") if p.strip())
         return {emoji.strip(): int(rating) for emoji, _, rating in pairs}
 
 

@@ -1,8 +1,11 @@
-"""Shared fixtures. The starter model is built once per test session (seeded) and copied into each
-test's own data directory, so tests never share a SQLite file or a registry."""
+"""Shared fixtures. The starter model is built once (seeded) and copied into each test's own data
+directory, so tests never share a SQLite file or a registry. The build is kept in .venv, keyed by a
+hash of the data and the training code, so a second `make test` on the same checkout skips it."""
 from __future__ import annotations
 
+import hashlib
 import shutil
+import tempfile
 import socket
 from pathlib import Path
 from typing import AsyncIterator
@@ -16,10 +19,25 @@ from tuning.bootstrap import bootstrap
 SYSTEM_PROMPT = BotSettings(_env_file=None).system_prompt
 
 
+ROOT = Path(__file__).resolve().parent.parent
+STARTER_INPUTS = [*sorted((ROOT / "data").rglob("*.*")), ROOT / "tuning/bootstrap.py", ROOT / "tuning/train.py",
+                  ROOT / "tuning/export.py"]
+
+
 @pytest.fixture(scope="session")
-def starter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("starter")
-    bootstrap(folder, SYSTEM_PROMPT)
+def starter_dir() -> Path:
+    digest = hashlib.sha256(SYSTEM_PROMPT.encode())
+    for path in STARTER_INPUTS:
+        digest.update(path.read_bytes())
+    folder = ROOT / ".venv" / "test-starter" / digest.hexdigest()[:16]
+    if not (folder / "models" / "state.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix="building-"))
+        bootstrap(scratch, SYSTEM_PROMPT)
+        try:
+            scratch.rename(folder)
+        except OSError:  # another test session finished the same build first
+            shutil.rmtree(scratch, ignore_errors=True)
     return folder
 
 

@@ -29,7 +29,7 @@ CHATML = (
 )
 STARTER_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=2048)
-STARTER_TRAINING = TrainConfig(steps=300, batch_size=32, lr=4e-3, warmup=20, max_len=320)
+STARTER_TRAINING = TrainConfig(steps=400, batch_size=32, lr=4e-3, warmup=20, max_len=320)
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:

@@ -70,17 +70,6 @@ def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, to
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _length_grouped_batches(rows: list[tuple[list[int], list[int]]], size: int, rng: random.Random) -> list[list[int]]:
-    """One epoch of batches whose rows have similar lengths, so little compute goes to padding."""
-    order = rng.sample(range(len(rows)), len(rows))
-    batches = []
-    for start in range(0, len(order), size * 16):
-        chunk = sorted(order[start : start + size * 16], key=lambda i: len(rows[i][0]))
-        batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -128,7 +117,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         start, losses = state["step"], state["losses"]
         log.info("resumed from %s at step %d", checkpoint, start)
-    batches: list[list[int]] = []
+    order: list[int] = []
     rng = random.Random(cfg.seed + start)
     loss_log = open(out_dir / "loss.jsonl", "a") if out_dir else None
     began = time.perf_counter()
@@ -137,9 +126,10 @@ def train(
             group["lr"] = _lr_at(step, cfg)
         total = 0.0
         for _ in range(cfg.grad_accum):
-            if not batches:
-                batches = _length_grouped_batches(rows, cfg.batch_size, rng)
-            batch = {k: v.to(device) for k, v in _batch([rows[i] for i in batches.pop()], pad_id).items()}
+            if len(order) < cfg.batch_size:
+                order += rng.sample(range(len(rows)), len(rows))
+            picked, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            batch = {k: v.to(device) for k, v in _batch([rows[i] for i in picked], pad_id).items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss = model(**batch).loss / cfg.grad_accum
             loss.backward()

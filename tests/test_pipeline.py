@@ -1,0 +1,96 @@
+"""The dialogue steps, each through the real DialogueManager with the real starter model."""
+from __future__ import annotations
+
+import uuid
+
+from bot.app import Bot, build_bot
+from bot.message import UserMessage
+from bot.pipeline import STEPS
+from tests.conftest import make_settings
+
+ORDER_Q, ORDER_A = "我的订单什么时候到?", "您可通过订单号在'我的订单'页面查询物流信息"
+
+
+def msg(text: str, conversation: str = "c1", message_id: str | None = None) -> UserMessage:
+    return UserMessage("http", conversation, "u1", message_id or uuid.uuid4().hex, text)
+
+
+async def with_bot(data_dir, **overrides) -> Bot:
+    return await build_bot(make_settings(data_dir, **overrides))
+
+
+def test_steps_run_in_the_documented_order() -> None:
+    assert [s.name for s in STEPS] == ["check_input", "deduplicate", "mask_personal_data", "input_filter", "build_context",
+                                       "answer_cache", "model", "output_filter", "persist"]
+
+
+async def test_duplicate_message_gets_the_stored_answer_once(data_dir) -> None:
+    bot = await with_bot(data_dir)
+    first = await bot.dialogue.handle(msg(ORDER_Q, message_id="m-1"))
+    again = await bot.dialogue.handle(msg(ORDER_Q, message_id="m-1"))
+    assert again.duplicate and again.turn_id == first.turn_id and again.text == first.text == ORDER_A
+    assert len(await bot.store.turns()) == 1
+    await bot.close()
+
+
+async def test_personal_data_is_masked_before_it_is_stored(data_dir) -> None:
+    bot = await with_bot(data_dir)
+    reply = await bot.dialogue.handle(msg("我的手机13812345678,订单什么时候到?"))
+    stored = await bot.store.turn(reply.turn_id)
+    assert "13812345678" not in stored.user_text and "[PHONE]" in stored.user_text
+    await bot.close()
+
+
+async def test_blocked_input_gets_a_canned_reply_and_an_audit_event(data_dir) -> None:
+    bot = await with_bot(data_dir)
+    reply = await bot.dialogue.handle(msg("可以帮我刷单吗?"))
+    turn = await bot.store.turn(reply.turn_id)
+    assert turn.outcome == "blocked" and "人工客服" in reply.text and "刷单" not in turn.user_text
+    assert bot.cache.hits == bot.cache.misses == 0  # no cache look-up, no model call
+    assert [e["action"] for e in await bot.store.audit_events()] == ["input_filtered"]
+    await bot.close()
+
+
+async def test_multi_turn_context_reset_and_token_budget(data_dir) -> None:
+    bot = await with_bot(data_dir)
+    first = await bot.dialogue.handle(msg(ORDER_Q))
+    second = await bot.dialogue.handle(msg(ORDER_Q))
+    # The second turn had the first in its context, so it was not served from the cache.
+    assert not first.cached and not second.cached
+    reset = await bot.dialogue.handle(msg("/reset"))
+    assert reset.turn_id is None and "new conversation" in reset.text.lower()
+    third = await bot.dialogue.handle(msg(ORDER_Q))
+    assert third.cached and third.text == ORDER_A  # a fresh session is context-free again
+    turns = await bot.store.turns()
+    assert [t.session for t in turns] == [1, 1, 2]
+    await bot.close()
+
+
+async def test_history_never_overflows_the_budget(data_dir) -> None:
+    bot = await with_bot(data_dir, context_tokens=120)
+    for _ in range(6):
+        await bot.dialogue.handle(msg("How do I reset my password? " * 3))
+    model = bot.models.current
+    history = await bot.store.history("http", "c1", 1)
+    assert len(history) == 6
+    prompt = [{"role": "system", "content": bot.settings.system_prompt}]
+    for t in history:
+        prompt += [{"role": "user", "content": t.user_text}, {"role": "assistant", "content": t.answer}]
+    assert len(model.prompt_ids(prompt)) > 120  # all of it would not fit; each answer still came
+    too_long = await bot.dialogue.handle(msg("订单 " * 200, conversation="c2"))
+    assert (await bot.store.turn(too_long.turn_id)).outcome == "too_long"
+    await bot.close()
+
+
+async def test_model_timeout_gives_a_polite_fallback(data_dir) -> None:
+    bot = await with_bot(data_dir, model_timeout_s=1e-6)
+    reply = await bot.dialogue.handle(msg("How do I reset my password?"))
+    assert "try again" in reply.text and (await bot.store.turn(reply.turn_id)).outcome == "fallback"
+    await bot.close()
+
+
+async def test_empty_text_gets_a_polite_reply(data_dir) -> None:
+    bot = await with_bot(data_dir)
+    reply = await bot.dialogue.handle(msg(" \u200b\x00 "))
+    assert reply.turn_id is None and "question" in reply.text
+    await bot.close()

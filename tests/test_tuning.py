@@ -1,0 +1,111 @@
+"""The monthly loop on the starter model: chats -> ratings and a correction -> `tuning run` ->
+the running bot serves the corrected answer from the promoted version, not from its cache."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.server import RunningServer
+from tests.test_http import ORDER_A, ORDER_Q, post
+from tuning.registry import Registry, RegistryError
+
+FIXED = "订单发货后,物流单号会以短信发给您,也可在'我的订单'查看"
+
+
+def tuning_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")} | {"BOT_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "tuning", *args], capture_output=True, text=True, env=env, timeout=900)
+
+
+async def chat(server: RunningServer, conversation: str, text: str, user: str = "u1") -> dict:
+    status, body = await post(server, "/chat", {"conversation_id": conversation, "user_id": user, "text": text})
+    assert status == 200
+    return body
+
+
+async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_dir: Path, tmp_path: Path) -> None:
+    order = await chat(server, "c1", ORDER_Q)
+    returns = await chat(server, "c2", "如何退换货?")
+    password = await chat(server, "c3", "How do I reset my password?")
+    cached = await chat(server, "c4", ORDER_Q)
+    assert cached["cached"] and cached["answer"] == ORDER_A
+    await post(server, "/feedback", {"turn_id": order["turn_id"], "rating": -1, "rater": "alice", "correction": FIXED})
+    await post(server, "/feedback", {"turn_id": returns["turn_id"], "rating": 1, "rater": "alice"})
+    await post(server, "/feedback", {"turn_id": password["turn_id"], "rating": -1, "rater": "alice"})
+    await post(server, "/feedback", {"turn_id": password["turn_id"], "rating": 1, "rater": "customer-7"})
+
+    result = await asyncio.to_thread(tuning_cli, data_dir, "dataset", "--out", str(tmp_path / "ds"))
+    assert result.returncode == 0, result.stderr
+    train = [json.loads(line) for line in (tmp_path / "ds/train.jsonl").read_text().splitlines()]
+    negatives = [json.loads(line) for line in (tmp_path / "ds/negatives.jsonl").read_text().splitlines()]
+    chats = {r["messages"][-2]["content"]: r for r in train if r["source"] == "chats"}
+    assert chats[ORDER_Q]["label"] == "corrected" and chats[ORDER_Q]["messages"][-1]["content"] == FIXED
+    assert chats[ORDER_Q]["rejected"] == ORDER_A and chats["如何退换货?"]["label"] == "good"
+    assert [r["messages"][-2]["content"] for r in negatives] == ["How do I reset my password?"]
+    assert not any(r["messages"][-1]["content"] == ORDER_A and r["messages"][-2]["content"] == ORDER_Q for r in train)
+    assert (tmp_path / "ds/hf/dataset_dict.json").exists()
+
+    result = await asyncio.to_thread(tuning_cli, data_dir, "run")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["version"] == "v0002" and report["promoted"], report["outcome"]
+    for key in ("accuracy", "bleu4", "rouge_l", "latency_p50_s", "latency_p99_s"):
+        assert 0 <= report["metrics"][key] <= (1.5 if "latency" in key else 1)
+    assert report["metrics"]["accuracy"] >= 0.9 and report["metrics"]["bleu4"] > 0.35
+
+    for _ in range(100):  # the running bot follows the registry
+        if server.bot.models.version_of("current") == "v0002":
+            break
+        await asyncio.sleep(0.1)
+    assert server.bot.models.version_of("current") == "v0002" and len(server.bot.cache) == 0
+    fresh = await chat(server, "c5", ORDER_Q, user="u9")
+    assert fresh == {"answer": FIXED, "turn_id": fresh["turn_id"], "cached": False, "model_version": "v0002"}
+    assert (await chat(server, "c6", "如何退换货?"))["answer"] == "7天内可无理由退货,请在APP提交申请并寄回商品"
+
+    again = await asyncio.to_thread(tuning_cli, data_dir, "run")
+    assert again.returncode == 0 and "no new rated chats" in again.stdout
+    assert Registry(data_dir).versions() == ["v0001", "v0002"]
+
+    rolled = await asyncio.to_thread(tuning_cli, data_dir, "rollback")
+    assert rolled.returncode == 0 and json.loads(rolled.stdout)["current"] == "v0001"
+    audit = [e["action"] for e in await server.bot.store.audit_events()]
+    assert "tuning_run" in audit and "rollback" in audit
+
+
+def test_eval_command_reports_metrics(data_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "qa.csv"
+    data.write_text(f"instruction,response\n{ORDER_Q},{ORDER_A}\nHow do I reset my password?,nonsense reference\n",
+                    encoding="utf-8")
+    result = tuning_cli(data_dir, "eval", "--model", "current", "--data", str(data), "--out", str(tmp_path / "m.json"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["examples"] == 2 and metrics["accuracy"] == 0.5 and 0 < metrics["bleu4"] < 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--base", "/no/such/model"], "base model not found"),
+    (["run", "--data", "/no/such/file.csv", "--force"], "no such file"),
+    (["eval", "--model", "v0042", "--data", "data/sample/faq.csv"], "no registered model version 'v0042'"),
+    (["promote", "v0042"], "no registered model version"),
+])
+def test_bad_tuning_input_is_refused_and_production_keeps_serving(data_dir: Path, args: list[str], message: str) -> None:
+    result = tuning_cli(data_dir, *args)
+    assert result.returncode == 2 and message in result.stderr
+    registry = Registry(data_dir)
+    assert registry.state().current == "v0001" and registry.versions() == ["v0001"]
+    assert not list(registry.root.glob("*.partial"))
+
+
+def test_registry_promote_rollback_and_ab(data_dir: Path) -> None:
+    registry = Registry(data_dir)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback()
+    with pytest.raises(RegistryError, match="between 0 and 1"):
+        registry.set_candidate("v0001", 1.5)
+    assert registry.set_candidate("v0001", 0.25).ab_share == 0.25
