@@ -30,7 +30,7 @@ EVAL_PERCENT = 10
 
 def _row(messages: list[dict[str, str]], source: str, **fields: Any) -> dict[str, Any]:
     row = dict.fromkeys(COLUMNS)
-    row.update(messages=messages, source=source, label="reference", **fields)
+    row.update({"messages": messages, "source": source, "label": "reference"} | fields)
     return row
 
 

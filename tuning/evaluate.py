@@ -59,7 +59,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 def bleu4(predictions: list[str], references: list[str]) -> float:
     tokenize = "zh" if any(CJK.search(r) for r in references) else "13a"
-    return sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize).score / 100
+    return min(1.0, sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize).score / 100)  # float noise can pass 100
 
 
 def percentile(values: list[float], q: float) -> float:

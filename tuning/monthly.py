@@ -22,7 +22,7 @@ from bot.store import Store
 from tuning import dataset, export
 from tuning.evaluate import evaluate
 from tuning.registry import Registry
-from tuning.train import LoraSettings, TrainConfig, fine_tune
+from tuning.train import LoraSettings, TrainConfig, fine_tune, require_base
 
 log = logging.getLogger(__name__)
 # Incremental tunes continue a trained model: fewer steps and a lower learning rate than the first.
@@ -93,6 +93,8 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     state = registry.state()
     if options.base is None and not state.current:
         raise NothingToDo("no production model yet: run `python -m tuning bootstrap` or pass --base")
+    if options.base:
+        require_base(options.base)
     timings: dict[str, float] = {}
     began = time.perf_counter()
 

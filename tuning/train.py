@@ -162,20 +162,23 @@ class LoraSettings:
     targets: str = "all-linear"  # every linear projection (attention and MLP), not the LM head
 
 
+def require_base(base: str | Path) -> None:
+    """Fail early on a base that is a path (not a hub id) and does not exist."""
+    path = Path(base)
+    looks_like_path = path.suffix == ".gguf" or path.is_absolute() or str(base).startswith((".", "~"))
+    if looks_like_path and not path.exists():
+        raise FileNotFoundError(f"base model not found: {path}")
+
+
 def load_base(base: str | Path) -> tuple[Any, Any]:
     """Tokenizer and PyTorch model from a folder, a hub id or a GGUF file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    require_base(base)
     path = Path(base)
+    kwargs: dict[str, Any] = {}
     if path.suffix == ".gguf":
-        if not path.exists():
-            raise FileNotFoundError(f"base model not found: {path}")
-        kwargs: dict[str, Any] = {"gguf_file": path.name}
-        base = path.parent
-    else:
-        kwargs = {}
-        if (path.is_absolute() or str(base).startswith(".")) and not path.exists():
-            raise FileNotFoundError(f"base model not found: {path}")
+        kwargs, base = {"gguf_file": path.name}, path.parent
     tokenizer = AutoTokenizer.from_pretrained(base, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
     return tokenizer, model
