@@ -447,7 +447,9 @@ class TelegramChannel:
                                f"{message.chat.id}:{message.message_id}", text)
         async with self._typing(message):
             reply = await self.bot.dialogue.handle(incoming)
-        if reply.text:
+        resent = reply.duplicate and reply.turn_id is not None and \
+            await self.bot.store.answer_was_sent(CHANNEL, str(message.chat.id), reply.turn_id)
+        if reply.text and not resent:
             await self._reply(message, reply.text, reply.turn_id)
         if self.settings.agent_chat_id is not None and message.chat.type == ChatType.PRIVATE and reply.turn_id:
             self._spawn(self._mirror(message, reply))  # not on the answer's path: the agents' chat is slower

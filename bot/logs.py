@@ -27,5 +27,6 @@ def setup_logging(level: str, secrets: list[str]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiohttp.access", "httpx", "onnxruntime"):
+    # aiogram.event logs every handled update at INFO.
+    for noisy in ("aiohttp.access", "httpx", "onnxruntime", "aiogram.event"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

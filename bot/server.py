@@ -58,7 +58,12 @@ async def start_server(settings: BotSettings, telegram: TelegramSettings | None 
     await site.start()
     port = runner.addresses[0][1]  # the real port, also when 0 asked for any free one
     log.info("listening on http://%s:%d (channels: %s)", settings.http_host, port, ", ".join(c.name for c in channels))
-    for channel in channels:
-        await channel.start()
+    try:
+        for channel in channels:
+            await channel.start()
+    except BaseException:  # e.g. a platform unreachable at boot: release the port and the store
+        await runner.cleanup()
+        await bot.close()
+        raise
     follower = asyncio.create_task(bot.dialogue.follow_registry())
     return RunningServer(bot, channels, runner, follower, port)

@@ -211,6 +211,12 @@ class Store:
             (channel, str(chat_id), str(message_id), turn_id),
         )
 
+    async def answer_was_sent(self, channel: str, chat_id: str, turn_id: int) -> bool:
+        """Whether a message of this answer is already in the chat (a replay must not send it again)."""
+        row = await self._fetchone("SELECT 1 FROM answer_messages WHERE channel=? AND chat_id=? AND turn_id=?",
+                                   (channel, str(chat_id), turn_id))
+        return row is not None
+
     async def turn_for_answer_message(self, channel: str, chat_id: str, message_id: str) -> int | None:
         row = await self._fetchone(
             "SELECT turn_id FROM answer_messages WHERE channel=? AND chat_id=? AND message_id=?",
