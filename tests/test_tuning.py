@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,32 @@ def test_registry_promote_rollback_and_ab(data_dir: Path) -> None:
     with pytest.raises(RegistryError, match="between 0 and 1"):
         registry.set_candidate("v0001", 1.5)
     assert registry.set_candidate("v0001", 0.25).ab_share == 0.25
+
+
+async def test_ab_test_is_sticky_per_user_and_reported(server: RunningServer, data_dir: Path) -> None:
+    registry = Registry(data_dir)
+    version, scratch = registry.start_version()
+    shutil.copytree(registry.path("v0001") / "onnx", scratch / "onnx")
+    registry.register(version, scratch, {"parent": "v0001", "base_model": "copy of v0001 for the A/B test"})
+    registry.set_candidate(version, 0.5)
+    for _ in range(100):
+        if server.bot.models.version_of("candidate") == version:
+            break
+        await asyncio.sleep(0.1)
+    assert server.bot.models.ab_share == 0.5
+    seen: dict[str, set[str]] = {}
+    for i in range(24):
+        for repeat in range(2):
+            reply = await chat(server, f"ab-{i}-{repeat}", "如何退换货?", user=f"user-{i}")
+            seen.setdefault(f"user-{i}", set()).add(reply["model_version"])
+            if reply["model_version"] == version:
+                await post(server, "/feedback", {"turn_id": reply["turn_id"], "rating": 1, "rater": "alice"})
+    assert all(len(versions) == 1 for versions in seen.values())  # sticky
+    assert {v for versions in seen.values() for v in versions} == {"v0001", version}  # both served
+    result = await asyncio.to_thread(tuning_cli, data_dir, "ab-report")
+    report = json.loads(result.stdout)
+    assert report["candidate"]["model_versions"] == [version] and report["current"]["model_versions"] == ["v0001"]
+    assert report["candidate"]["turns"] + report["current"]["turns"] == 48
+    assert report["candidate"]["thumbs_up_share"] == 1.0 and report["current"]["ratings"] == 0
+    low, high = report["candidate"]["thumbs_up_ci95"]
+    assert 0 < low < 1.0 and high == 1.0
