@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,27 @@ async def test_ab_test_is_sticky_per_user_and_reported(server: RunningServer, da
     assert report["candidate"]["thumbs_up_share"] == 1.0 and report["current"]["ratings"] == 0
     low, high = report["candidate"]["thumbs_up_ci95"]
     assert 0 < low < 1.0 and high == 1.0
+
+
+async def test_all_thumbs_down_is_nothing_to_tune(server: RunningServer, data_dir: Path) -> None:
+    reply = await chat(server, "c1", ORDER_Q)
+    await post(server, "/feedback", {"turn_id": reply["turn_id"], "rating": -1, "rater": "alice"})
+    result = await asyncio.to_thread(tuning_cli, data_dir, "run")
+    assert result.returncode == 0 and "no new rated chats" in result.stdout
+    assert Registry(data_dir).versions() == ["v0001"]
+
+
+def test_a_killed_run_registers_nothing(data_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")} | {"BOT_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "tuning", "run", "--force"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    registry = Registry(data_dir)
+    deadline = time.monotonic() + 300
+    while not list(registry.root.glob("*.partial/loss.jsonl")) and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # half-way through training
+    proc.wait()
+    assert registry.versions() == ["v0001"] and registry.state().current == "v0001"
+    listed = tuning_cli(data_dir, "list")
+    assert listed.returncode == 0 and [v["version"] for v in json.loads(listed.stdout)["versions"]] == ["v0001"]
