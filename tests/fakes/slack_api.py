@@ -1,0 +1,88 @@
+"""A fake Slack Web API on 127.0.0.1: answers auth.test, records chat.postMessage, and can answer
+the next posts with 429 + Retry-After or refuse channels the bot is not in."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+BOT_USER = "UBOT"
+
+
+@dataclass(frozen=True)
+class Post:
+    channel: str
+    text: str
+    thread_ts: str | None
+    ts: str
+    at: float  # time.perf_counter() when it arrived
+
+
+class FakeSlackApi:
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.posts: list[Post] = []
+        self.rate_limited = 0  # posts answered with 429 so far
+        self.not_in_channels: set[str] = set()
+        self._limit_next = 0
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def limit_next(self, count: int) -> None:
+        """Answer the next `count` chat.postMessage calls with 429 and Retry-After: 1."""
+        self._limit_next = count
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._call)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/api/"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def wait_for_posts(self, count: int, timeout: float = 20.0) -> list[Post]:
+        deadline = time.monotonic() + timeout
+        while len(self.posts) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} posts within {timeout} s, got {self.posts}")
+            await asyncio.sleep(0.02)
+        return self.posts
+
+    async def _call(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        method = request.match_info["method"]
+        if request.content_type == "application/json":
+            args: dict[str, Any] = await request.json()
+        else:
+            args = dict(await request.post())
+        if method == "auth.test":
+            return web.json_response({"ok": True, "url": "https://shop.slack.com/", "team": "Shop", "user": "shopbot",
+                                      "team_id": "T1", "user_id": BOT_USER, "bot_id": "BBOT"})
+        if method == "chat.postMessage":
+            return self._post(args)
+        return web.json_response({"ok": False, "error": "unknown_method"})
+
+    def _post(self, args: dict[str, Any]) -> web.Response:
+        if self._limit_next > 0:
+            self._limit_next -= 1
+            self.rate_limited += 1
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"})
+        channel = args.get("channel", "")
+        if channel in self.not_in_channels:
+            return web.json_response({"ok": False, "error": "not_in_channel"})
+        if not args.get("text"):
+            return web.json_response({"ok": False, "error": "no_text"})
+        ts = f"1800000000.{len(self.posts) + 1:06d}"
+        self.posts.append(Post(channel, args["text"], args.get("thread_ts"), ts, time.perf_counter()))
+        return web.json_response({"ok": True, "channel": channel, "ts": ts,
+                                  "message": {"type": "message", "text": args["text"], "user": BOT_USER, "ts": ts}})
