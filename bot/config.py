@@ -78,10 +78,40 @@ class BotSettings(_Env):
         return [Path(p.strip()) for p in value.split(",") if p.strip()]
 
 
-class TelegramSettings(_Env):
+def reaction_ratings(value: str) -> dict[str, int]:
+    """`name=1,name=-1,...` -> {name: rating}; the last `=` splits, so Slack's `+1=1` reads right."""
+    ratings = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, rating = pair.rpartition("=")
+        if not sep or not name.strip() or rating.strip() not in {"1", "-1"}:
+            raise ValueError(f"{pair!r}: expected name=1 or name=-1")
+        ratings[name.strip()] = int(rating)
+    return ratings
+
+
+class _ChannelSettings(_Env):
+    """What the chat channels share: a token that turns them on, reactions that rate answers."""
+    bot_token: str = ""
+    reactions: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bot_token)
+
+    @field_validator("reactions")
+    @classmethod
+    def _check_reactions(cls, value: str) -> str:
+        reaction_ratings(value)
+        return value
+
+    @property
+    def reaction_ratings(self) -> dict[str, int]:
+        return reaction_ratings(self.reactions)
+
+
+class TelegramSettings(_ChannelSettings):
     model_config = SettingsConfigDict(env_prefix="TELEGRAM_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
-    bot_token: str = ""
     api_base: str = ""
     webhook_url: str = ""
     webhook_secret: str = ""
@@ -89,53 +119,16 @@ class TelegramSettings(_Env):
     # Reactions that rate an answer, as `emoji=1` / `emoji=-1` pairs, comma-separated; empty keeps the default set.
     reactions: str = ""
 
-    @field_validator("reactions")
-    @classmethod
-    def _reaction_pairs(cls, value: str) -> str:
-        for pair in filter(None, (p.strip() for p in value.split(","))):
-            emoji, sep, rating = pair.partition("=")
-            if not sep or not emoji.strip() or rating.strip() not in {"1", "-1"}:
-                raise ValueError(f"{pair!r}: expected emoji=1 or emoji=-1")
-        return value
 
-    @property
-    def reaction_ratings(self) -> dict[str, int]:
-        pairs = (p.strip().partition("=") for p in self.reactions.split(",") if p.strip())
-        return {emoji.strip(): int(rating) for emoji, _, rating in pairs}
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.bot_token)
-
-
-class SlackSettings(_Env):
+class SlackSettings(_ChannelSettings):
     model_config = SettingsConfigDict(env_prefix="SLACK_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
-    bot_token: str = ""
     signing_secret: str = ""
     app_token: str = ""
     api_base: str = ""
     agent_channel: str = ""
     # Reactions that rate an answer: `emoji=1` or `emoji=-1` pairs (skin tones are ignored).
     reactions: str = "+1=1,thumbsup=1,white_check_mark=1,heart=1,-1=-1,thumbsdown=-1,x=-1"
-
-    @field_validator("reactions")
-    @classmethod
-    def _known_ratings(cls, value: str) -> str:
-        for pair in filter(None, (p.strip() for p in value.split(","))):
-            emoji, sep, rating = pair.rpartition("=")
-            if not sep or not emoji or rating not in {"1", "-1"}:
-                raise ValueError(f"{pair!r}: expected emoji=1 or emoji=-1")
-        return value
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.bot_token)
-
-    @property
-    def reaction_ratings(self) -> dict[str, int]:
-        pairs = (p.strip().rpartition("=") for p in self.reactions.split(",") if p.strip())
-        return {emoji.strip(): int(rating) for emoji, _, rating in pairs}
 
 
 def _load(cls: type[_Env]) -> _Env:
