@@ -77,7 +77,7 @@ async def build_bot(settings: BotSettings) -> Bot:
             raise ConfigError(f"config error: BOT_LEXICONS/BOT_ALLOWLISTS: no such file {path}")
     store = await Store.open(settings.data_dir / "bot.sqlite3")
     generation = GenerationSettings(settings.max_new_tokens, settings.temperature, settings.top_p,
-                                    settings.repetition_penalty)
+                                    settings.repetition_penalty, settings.model_threads)
     models = ModelPool(settings.data_dir, generation, settings.model_concurrency, settings.model_timeout_s,
                        external_model=settings.model)
     await asyncio.get_running_loop().run_in_executor(None, models.load)

@@ -34,6 +34,7 @@ class BotSettings(_Env):
     repetition_penalty: float = Field(1.0, ge=1.0)
     model_timeout_s: float = Field(20.0, gt=0)
     model_concurrency: int = Field(1, ge=1)
+    model_threads: int = Field(0, ge=0)  # ONNX Runtime threads per answer; 0 = one per core
     session_idle_minutes: float = Field(30.0, gt=0)
     cache_size: int = Field(4096, ge=0)
     cache_ttl_s: float = Field(3600.0, gt=0)

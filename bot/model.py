@@ -31,6 +31,7 @@ class GenerationSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default, one per core
 
 
 class ChatModel:
@@ -41,7 +42,10 @@ class ChatModel:
         self.settings = settings
         self.tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()]
-        self.model = ORTModelForCausalLM.from_pretrained(onnx_dir, use_cache=True, provider=providers[0])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = settings.threads
+        self.model = ORTModelForCausalLM.from_pretrained(onnx_dir, use_cache=True, provider=providers[0],
+                                                         session_options=options)
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 2048))
         stops = [self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id]
         self.stop_ids = sorted({s for s in stops if isinstance(s, int) and s >= 0})

@@ -31,6 +31,7 @@ MESSAGES = Counter("bot_messages", "Messages handled", ["channel", "outcome"])
 LATENCY = Histogram("bot_answer_seconds", "Time from message to reply", ["cached"],
                     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30))
 RESET_COMMANDS = {"/reset", "reset"}
+TEMPLATE_TOKENS = 5  # ChatML around one message: <|im_start|> role \n ... <|im_end|> \n
 
 
 class Replies:
@@ -179,12 +180,18 @@ class BuildContext:
         if len(model.prompt_ids(system + question)) > budget:
             turn.settle(_reply(turn, Replies.TOO_LONG), "too_long")
             return
+        # Each earlier turn is counted once (its texts plus the template's tokens around them), newest
+        # first; re-rendering the whole prompt per turn would make long conversations quadratic.
+        used = len(model.prompt_ids(system + question))
         history: list[dict[str, str]] = []
         for past in reversed(await store.history(msg.channel, msg.conversation_id, turn.session)):
-            pair = [{"role": "user", "content": past.user_text}, {"role": "assistant", "content": past.answer}]
-            if len(model.prompt_ids(system + pair + history + question)) > budget:
+            cost = model.count_tokens(past.user_text) + model.count_tokens(past.answer) + 2 * TEMPLATE_TOKENS
+            if used + cost > budget:
                 break
-            history = pair + history
+            used += cost
+            history = [{"role": "user", "content": past.user_text}, {"role": "assistant", "content": past.answer}] + history
+        while history and len(model.prompt_ids(system + history + question)) > budget:
+            history = history[2:]  # the estimate fell short: the exact count decides
         turn.prompt = system + history + question
         turn.context_free = not history
 

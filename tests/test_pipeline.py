@@ -94,3 +94,11 @@ async def test_empty_text_gets_a_polite_reply(data_dir) -> None:
     reply = await bot.dialogue.handle(msg(" \u200b\x00 "))
     assert reply.turn_id is None and "question" in reply.text
     await bot.close()
+
+
+async def test_a_pytorch_folder_is_exported_on_first_load(data_dir) -> None:
+    bot = await with_bot(data_dir, model=str(data_dir / "models" / "v0001" / "hf"))
+    reply = await bot.dialogue.handle(msg(ORDER_Q))
+    assert reply.text == ORDER_A and reply.model_version == "external:hf"
+    assert list((data_dir / "exports").glob("*/model.onnx"))
+    await bot.close()

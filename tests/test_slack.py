@@ -23,6 +23,7 @@ from bot.server import RunningServer, start_server
 from bot.store import Store
 from tests.conftest import make_settings
 from tests.fakes.slack_api import BOT_USER, FakeSlackApi
+from tuning import dataset
 
 TOKEN = "xoxb-test-bot-token"
 SECRET = "test-signing-secret-123"
@@ -295,6 +296,11 @@ async def test_fix_by_an_agent_stores_a_correction(slack: Slack, api: FakeSlackA
     [correction] = await slack.store.corrections()
     assert (correction["turn_id"], correction["rater"]) == (turn.id, f"slack:{AGENT}")
     assert correction["text"] == "请在“我的订单”页面输入订单号查看物流"
+    # ... and it is what the next tune learns for that question.
+    splits, _ = await asyncio.to_thread(dataset.build, slack.data_dir / "bot.sqlite3", [])
+    [row] = [r for r in splits["train"] if r["source"] == "chats"]
+    assert (row["channel"], row["label"], row["messages"][-1]["content"]) == (
+        "slack", "corrected", "请在“我的订单”页面输入订单号查看物流")
 
     await slack.in_thread("!fix something else", thread_ts=root, user=CUSTOMER)
     posts = await api.wait_for_posts(3)

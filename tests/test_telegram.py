@@ -22,6 +22,7 @@ from bot.server import RunningServer, start_server
 from bot.store import Store
 from tests.conftest import free_port, make_settings
 from tests.fakes.telegram_api import BOT_USERNAME, TOKEN, FakeTelegram, Sent, message, reaction, reply_to
+from tuning import dataset
 
 QUESTION = "我的订单什么时候到?"
 ANSWER = "您可通过订单号在'我的订单'页面查询物流信息"
@@ -210,6 +211,11 @@ async def test_fix_by_agent_is_a_correction_and_refused_otherwise(server: Runnin
     turn_id = await server.bot.store.turn_for_answer_message("telegram", str(GROUP), str(answer.message_id))
     assert (correction["turn_id"], correction["rater"], correction["text"]) == (
         turn_id, f"telegram:{AGENT}", "请在“我的订单”页面\n查看物流信息")
+    # ... and it is what the next tune learns for that question.
+    splits, _ = await asyncio.to_thread(dataset.build, server.bot.settings.data_dir / "bot.sqlite3", [])
+    [row] = [r for r in splits["train"] if r["source"] == "chats"]
+    assert (row["channel"], row["label"], row["messages"][-1]["content"]) == (
+        "telegram", "corrected", "请在“我的订单”页面\n查看物流信息")
 
 
 async def test_agent_chat_mirrors_and_rates_the_original_turn(data_dir: Path, fake: FakeTelegram) -> None:

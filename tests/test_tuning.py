@@ -165,3 +165,21 @@ def test_a_killed_run_registers_nothing(data_dir: Path) -> None:
     assert registry.versions() == ["v0001"] and registry.state().current == "v0001"
     listed = tuning_cli(data_dir, "list")
     assert listed.returncode == 0 and [v["version"] for v in json.loads(listed.stdout)["versions"]] == ["v0001"]
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_stage_commands_train_export_quantise_eval(data_dir: Path, tmp_path: Path, quantize: str) -> None:
+    assert tuning_cli(data_dir, "dataset", "--out", str(tmp_path / "ds")).returncode == 0
+    trained = tuning_cli(data_dir, "train", "--data", str(tmp_path / "ds"), "--base", "current", "--out",
+                         str(tmp_path / "tuned"), "--steps", "3", "--batch-size", "4")
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads(trained.stdout)["steps"] == 3 and not (tmp_path / "tuned/checkpoint.pt").exists()
+    exported = tuning_cli(data_dir, "export", "--model", str(tmp_path / "tuned/hf"), "--out", str(tmp_path / "onnx"),
+                          "--quantize", quantize)
+    assert exported.returncode == 0, exported.stderr
+    quantised_ops = "MatMulInteger" if quantize == "int8" else "MatMulNBits"
+    assert quantised_ops.encode() in (tmp_path / "onnx/model.onnx").read_bytes()
+    evaluated = tuning_cli(data_dir, "eval", "--model", str(tmp_path / "onnx"), "--data", str(tmp_path / "ds/eval.jsonl"),
+                           "--limit", "5")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["examples"] == 5

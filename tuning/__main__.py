@@ -7,11 +7,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import load_settings
 from tuning.formats import DataError
 from tuning.registry import Registry, RegistryError
+
+if TYPE_CHECKING:
+    from tuning.train import TrainConfig
 
 
 def _print(obj: Any) -> None:
@@ -34,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--base", default="current", help="current, a version, a folder, a hub id or a .gguf file")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    _training_args(t)
 
     x = sub.add_parser("export", help="merged model folder -> ONNX (optionally quantised)")
     x.add_argument("--model", type=Path, required=True)
@@ -60,17 +64,35 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data", type=Path, nargs="*", default=[], help="extra data files to mix in")
     r.add_argument("--ab", type=float, help="A/B test the result on this share of users instead of promoting")
     r.add_argument("--quantize", choices=["int8", "int4"])
-    r.add_argument("--method", choices=["lora", "full"], default="lora")
-    r.add_argument("--steps", type=int)
-    r.add_argument("--lr", type=float)
-    r.add_argument("--rank", type=int, default=16)
-    r.add_argument("--alpha", type=int, default=32)
-    r.add_argument("--dropout", type=float, default=0.05)
+    _training_args(r)
     r.add_argument("--max-accuracy-drop", type=float, default=0.02)
     r.add_argument("--max-bleu-drop", type=float, default=0.02)
     r.add_argument("--max-p99", type=float, default=1.5, help="seconds")
     r.add_argument("--force", action="store_true", help="tune even without new rated chats")
     return p
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["lora", "full"], default="lora")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory (large models)")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=int, default=32)
+    p.add_argument("--dropout", type=float, default=0.05)
+
+
+def _train_config(args: argparse.Namespace) -> "TrainConfig":
+    from tuning.monthly import INCREMENTAL
+    from tuning.train import TrainConfig
+
+    overrides = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "grad_accum": args.grad_accum}
+    config = TrainConfig(**INCREMENTAL.__dict__ | {k: v for k, v in overrides.items() if v})
+    config.grad_checkpointing = args.grad_checkpointing
+    config.checkpoint_every = 50  # a killed `train` continues with --resume
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,15 +127,15 @@ def cmd_dataset(args, settings, registry) -> int:
 
 def cmd_train(args, settings, registry) -> int:
     from tuning import dataset
-    from tuning.monthly import INCREMENTAL
-    from tuning.train import fine_tune
+    from tuning.train import LoraSettings, fine_tune
 
     base = args.base
     if base in {"current", "candidate"} or base in registry.versions():
         base = str(registry.path(registry.resolve(base)) / "hf")
     rows = dataset.load_split(args.data, "train")
     chats = [[{"role": "system", "content": settings.system_prompt}, *r["messages"]] for r in rows]
-    losses = fine_tune(base, chats, args.out, INCREMENTAL, resume=args.resume)
+    losses = fine_tune(base, chats, args.out, _train_config(args), method=args.method,
+                       lora=LoraSettings(args.rank, args.alpha, args.dropout), resume=args.resume)
     _print({"model": str(args.out / "hf"), "steps": len(losses), "final_loss": losses[-1]})
     return 0
 
@@ -207,11 +229,7 @@ def cmd_run(args, settings, registry) -> int:
 
     options = RunOptions(base=args.base, extra_files=args.data, method=args.method, quantize=args.quantize,
                          ab_share=args.ab, force=args.force, lora=LoraSettings(args.rank, args.alpha, args.dropout),
-                         gate=Gate(args.max_accuracy_drop, args.max_bleu_drop, args.max_p99))
-    if args.steps:
-        options.train.steps = args.steps
-    if args.lr:
-        options.train.lr = args.lr
+                         gate=Gate(args.max_accuracy_drop, args.max_bleu_drop, args.max_p99), train=_train_config(args))
     try:
         result = run(settings.data_dir, settings.system_prompt, options)
     except NothingToDo as exc:

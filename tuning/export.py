@@ -26,6 +26,8 @@ def export_onnx(model_dir: Path | str, out_dir: Path) -> Path:
     from optimum.exporters.onnx import main_export
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("model.onnx*"):  # the exporter appends to an existing external-data file
+        old.unlink()
     main_export(str(model_dir), output=out_dir, task="text-generation-with-past", do_validation=False)
     _copy_side_files(Path(model_dir), out_dir)
     return out_dir

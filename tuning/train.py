@@ -146,6 +146,8 @@ def train(
             torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step + 1, "losses": losses}, checkpoint)
     if loss_log:
         loss_log.close()
+    if checkpoint and checkpoint.exists():
+        checkpoint.unlink()  # finished: the checkpoint only served to resume
     model.eval()
     return losses
 
@@ -180,7 +182,10 @@ def load_base(base: str | Path) -> tuple[Any, Any]:
     if path.suffix == ".gguf":
         kwargs, base = {"gguf_file": path.name}, path.parent
     tokenizer = AutoTokenizer.from_pretrained(base, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
+    # On CUDA the weights load in bf16/fp16 (a 7B in fp32 does not fit a 24 GB card); LoRA's own
+    # weights stay fp32. On CPU everything is fp32.
+    _, autocast_dtype = device_and_dtype()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=autocast_dtype or torch.float32, **kwargs)
     return tokenizer, model
 
 
