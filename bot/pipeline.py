@@ -15,7 +15,6 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
@@ -71,10 +70,6 @@ class Turn:
         self.answer, self.outcome = answer, outcome
 
 
-class Step(Protocol):
-    name: str
-
-    async def __call__(self, turn: Turn) -> None: ...
 
 
 @dataclass
@@ -92,15 +87,23 @@ class Context:
     registry_poll_s: float = 2.0
 
 
+class Step:
+    """One named stage of the pipeline; it reads and updates the turn."""
+    name = "step"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, turn: Turn) -> None:
+        raise NotImplementedError
+
+
 def _reply(turn: Turn, canned: tuple[str, str]) -> str:
     return Replies.pick(turn.message.text, *canned)
 
 
-class CheckInput:
+class CheckInput(Step):
     name = "check_input"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         # Control characters (other than newlines and tabs) carry nothing a customer meant to say.
@@ -113,12 +116,9 @@ class CheckInput:
             turn.text = turn.text[: self.ctx.max_chars]
 
 
-class Deduplicate:
+class Deduplicate(Step):
     """A message seen before (a platform redelivery) gets the answer it already got, once stored."""
     name = "deduplicate"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         earlier = await self.ctx.store.turn_for_message(turn.message.channel, turn.message.message_id)
@@ -128,21 +128,15 @@ class Deduplicate:
             turn.variant, turn.model_version = earlier.variant, earlier.model_version
 
 
-class MaskPersonalData:
+class MaskPersonalData(Step):
     name = "mask_personal_data"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         turn.text = mask_personal_data(turn.text)
 
 
-class InputFilter:
+class InputFilter(Step):
     name = "input_filter"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         verdict = self.ctx.words.check(turn.text)
@@ -154,12 +148,9 @@ class InputFilter:
                                        blocked=verdict.blocked, message_id=turn.message.message_id)
 
 
-class BuildContext:
+class BuildContext(Step):
     """System prompt plus the latest turns of this session that fit the token budget."""
     name = "build_context"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         msg, store = turn.message, self.ctx.store
@@ -196,11 +187,8 @@ class BuildContext:
         turn.context_free = not history
 
 
-class CachedAnswer:
+class CachedAnswer(Step):
     name = "answer_cache"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         if turn.answer is None and turn.context_free and turn.model:
@@ -210,11 +198,8 @@ class CachedAnswer:
                 turn.cached = True
 
 
-class GenerateAnswer:
+class GenerateAnswer(Step):
     name = "model"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         if turn.answer is not None or turn.model is None:
@@ -235,11 +220,8 @@ class GenerateAnswer:
             self.ctx.cache.put(turn.text, turn.model.version, answer)
 
 
-class OutputFilter:
+class OutputFilter(Step):
     name = "output_filter"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         if turn.outcome != "answered" or turn.answer is None:
@@ -254,11 +236,8 @@ class OutputFilter:
                                        blocked=verdict.blocked, message_id=turn.message.message_id)
 
 
-class Persist:
+class Persist(Step):
     name = "persist"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     async def __call__(self, turn: Turn) -> None:
         msg = turn.message
@@ -276,7 +255,7 @@ class Persist:
             turn.turn_id, turn.duplicate = earlier.id, True
 
 
-STEPS: tuple[type, ...] = (CheckInput, Deduplicate, MaskPersonalData, InputFilter, BuildContext, CachedAnswer,
+STEPS: tuple[type[Step], ...] = (CheckInput, Deduplicate, MaskPersonalData, InputFilter, BuildContext, CachedAnswer,
                            GenerateAnswer, OutputFilter, Persist)
 
 
