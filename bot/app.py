@@ -63,7 +63,7 @@ def ensure_model(settings: BotSettings) -> None:
 
     if settings.model or Registry(settings.data_dir).state().current:
         return
-    log.info("no model in %s yet: building the starter model from data/sample (about a minute, once)", settings.data_dir)
+    log.info("no model in %s yet: building the starter model from data/sample (a few minutes on 2 cores, once)", settings.data_dir)
     from tuning.bootstrap import bootstrap
 
     bootstrap(settings.data_dir, settings.system_prompt)
