@@ -182,7 +182,7 @@ def cmd_list(args, settings, registry) -> int:
 
 
 def _audit(settings, action: str, **detail: Any) -> None:
-    from tuning.monthly import _audit as write
+    from tuning.monthly import audit as write
 
     asyncio.run(write(settings.data_dir, "operator", action, **detail))
 

@@ -152,12 +152,12 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     else:
         registry.promote(version)
         outcome = f"promoted {version} to production"
-    asyncio.run(_audit(data_dir, "tuning", "tuning_run", version=version, outcome=outcome))
+    asyncio.run(audit(data_dir, "tuning", "tuning_run", version=version, outcome=outcome))
     return {"version": version, "outcome": outcome, "promoted": not reasons and not options.ab_share,
             "metrics": metrics, "production_metrics": production, "data": card, "timings": timings}
 
 
-async def _audit(data_dir: Path, actor: str, action: str, **detail: Any) -> None:
+async def audit(data_dir: Path, actor: str, action: str, **detail: Any) -> None:
     store = await Store.open(data_dir / "bot.sqlite3")
     try:
         await store.audit(actor, action, **detail)

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes import serve_on_loopback
+
 BOT_USER = "UBOT"
 
 
@@ -38,11 +40,8 @@ class FakeSlackApi:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/api/{method}", self._call)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/api/"
+        self._runner, port = await serve_on_loopback(app)
+        self.url = f"http://127.0.0.1:{port}/api/"
         return self.url
 
     async def stop(self) -> None:
