@@ -1,4 +1,4 @@
-# Two commands: `make run` and `make test`. Everything installs from PyPI into .venv.
+# Two commands: `make run` and `make test` (linters, type check, tests). Everything installs from PyPI into .venv.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,11 @@ run: $(STAMP)
 chat: $(STAMP)
 	$(PY) -m bot chat
 
+# Linters first (seconds), then the suite.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

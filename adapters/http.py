@@ -4,20 +4,21 @@ POST /chat {conversation_id, user_id, text[, message_id]} -> {answer, turn_id, c
 POST /feedback {turn_id, rating: 1|-1, rater[, correction]}
 GET /healthz, GET /metrics (Prometheus)
 """
+
 from __future__ import annotations
 
 import json
 import uuid
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from bot.app import Bot
 from bot.feedback import NotAllowed, UnknownTurn
 from bot.message import UserMessage
+from bot.service import ChannelService
 
 CHANNEL = "http"
 # Chinese answers stay readable in the JSON instead of \uXXXX escapes.
@@ -44,7 +45,10 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response(dumps=dumps, data={"error": message}, status=status)
 
 
-async def _parse(request: web.Request, model: type[BaseModel]) -> BaseModel | web.Response:
+Parsed = TypeVar("Parsed", bound=BaseModel)
+
+
+async def _parse(request: web.Request, model: type[Parsed]) -> Parsed | web.Response:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -60,8 +64,8 @@ async def _parse(request: web.Request, model: type[BaseModel]) -> BaseModel | we
 class HttpChannel:
     name = CHANNEL
 
-    def __init__(self, bot: Bot) -> None:
-        self.bot = bot
+    def __init__(self, service: ChannelService) -> None:
+        self.service = service
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/chat", self.chat)
@@ -81,13 +85,25 @@ class HttpChannel:
             return parsed
         if not parsed.text.strip():
             return _error(400, "text is empty")
-        if len(parsed.text) > self.bot.settings.max_message_chars:
-            return _error(413, f"text is longer than {self.bot.settings.max_message_chars} characters")
-        message = UserMessage(channel=CHANNEL, conversation_id=parsed.conversation_id, user_id=parsed.user_id,
-                              message_id=parsed.message_id or uuid.uuid4().hex, text=parsed.text)
-        reply = await self.bot.dialogue.handle(message)
-        return web.json_response(dumps=dumps, data={"answer": reply.text, "turn_id": reply.turn_id, "cached": reply.cached,
-                                  "model_version": reply.model_version})
+        if len(parsed.text) > self.service.max_message_chars:
+            return _error(413, f"text is longer than {self.service.max_message_chars} characters")
+        message = UserMessage(
+            channel=CHANNEL,
+            conversation_id=parsed.conversation_id,
+            user_id=parsed.user_id,
+            message_id=parsed.message_id or uuid.uuid4().hex,
+            text=parsed.text,
+        )
+        reply = await self.service.handle(message)
+        return web.json_response(
+            dumps=dumps,
+            data={
+                "answer": reply.text,
+                "turn_id": reply.turn_id,
+                "cached": reply.cached,
+                "model_version": reply.model_version,
+            },
+        )
 
     async def feedback(self, request: web.Request) -> web.Response:
         parsed = await _parse(request, FeedbackRequest)
@@ -95,14 +111,13 @@ class HttpChannel:
             return parsed
         if parsed.rating not in (1, -1) and not (parsed.rating is None and parsed.correction):
             return _error(422, "rating: must be 1 or -1")
-        sender = f"{CHANNEL}:{parsed.rater}"
         try:
             result: dict[str, Any] = {"turn_id": parsed.turn_id}
             if parsed.correction is not None:
-                await self.bot.feedback.correct(parsed.turn_id, sender, parsed.correction)
+                await self.service.correct(parsed.turn_id, parsed.rater, parsed.correction)
                 result["correction"] = "stored"
             if parsed.rating is not None:
-                result["role"] = (await self.bot.feedback.rate(parsed.turn_id, sender, parsed.rating)).value
+                result["role"] = (await self.service.rate(parsed.turn_id, parsed.rater, parsed.rating)).value
         except UnknownTurn as exc:
             return _error(404, str(exc))
         except NotAllowed as exc:
@@ -112,11 +127,7 @@ class HttpChannel:
         return web.json_response(dumps=dumps, data=result)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        models = self.bot.models
-        return web.json_response(dumps=dumps, data={"status": "ok", "model_version": models.version_of("current"),
-                                  "candidate": models.version_of("candidate") or None, "ab_share": models.ab_share,
-                                  "cache": {"size": len(self.bot.cache), "hits": self.bot.cache.hits,
-                                            "misses": self.bot.cache.misses}})
+        return web.json_response(dumps=dumps, data=self.service.status())
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,13 +1,12 @@
 """Telegram channel (aiogram 3): customers chat with the bot, agents rate answers with reactions
 and correct them with /fix.
 
-Nothing is lost or answered twice: every update is written to the store's inbox before Telegram
-may consider it delivered (before the next getUpdates offset passes it, or before the webhook call
-returns 200), and marked done only after its reply went out. Updates a crash left pending are
-replayed at the next start; for a message already answered the pipeline's deduplication returns
-the stored answer, which is then sent. aiogram's own polling confirms updates before the handlers
-finish (aiogram issue #1397), hence the small polling loop here.
+Nothing is lost or answered twice (see `adapters.base`): every update is recorded before Telegram may
+consider it delivered (before the next getUpdates offset passes it, or before the webhook call
+returns 200). aiogram's own polling confirms updates before the handlers finish (aiogram issue
+#1397), hence the small polling loop here.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +14,7 @@ import contextlib
 import hmac
 import logging
 import re
-import weakref
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,13 +24,21 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.enums import ChatAction, ChatType
-from aiogram.exceptions import (TelegramAPIError, TelegramBadRequest, TelegramEntityTooLarge, TelegramForbiddenError,
-                                TelegramMigrateToChat, TelegramNetworkError, TelegramNotFound, TelegramRetryAfter,
-                                TelegramServerError)
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.methods import GetUpdates, SendMessage, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
-from aiogram.types import Message, MessageReactionUpdated, ReactionTypeEmoji, ReplyParameters, Update, User
+from aiogram.types import Message, MessageReactionUpdated, ReactionTypeEmoji, ReplyParameters, Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from aiogram.utils.token import TokenValidationError
 from aiohttp import web
@@ -40,10 +46,11 @@ from aiolimiter import AsyncLimiter
 from cachetools import LRUCache
 from pydantic import ValidationError
 
-from bot.app import Bot
+from adapters.base import ChatChannel, Place
 from bot.config import ConfigError, TelegramSettings
-from bot.feedback import NotAllowed
-from bot.message import BotReply, UserMessage
+from bot.message import UserMessage, pick_language
+from bot.service import ChannelService
+from bot.store import StoredTurn
 
 log = logging.getLogger(__name__)
 CHANNEL = "telegram"
@@ -65,62 +72,34 @@ GROUP_RATE = (4, 15.0)
 OVERALL_RATE = (5, 0.2)
 NETWORK_RETRIES = 6
 RETRY_BACKOFF = BackoffConfig(min_delay=0.5, max_delay=30.0, factor=2.0, jitter=0.1)
-STOP_GRACE_S = 5.0
-# Telegram will never accept these replies, so retrying the update at the next start is pointless.
-PERMANENT_ERRORS = (TelegramBadRequest, TelegramForbiddenError, TelegramNotFound, TelegramMigrateToChat,
-                    TelegramEntityTooLarge)
-SENTENCE_END = re.compile(r"[。!?;…]|[.!?;](?=\s)")
+# Telegram will never accept these replies, so retrying the update is pointless.
+PERMANENT_ERRORS = (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNotFound,
+    TelegramMigrateToChat,
+    TelegramEntityTooLarge,
+)
 
 
 class Texts:
-    """Canned replies: (English, Chinese), picked by the user's Telegram language."""
-    START = ("Hello! I'm the customer-service assistant. Type your question and I'll answer right away.",
-             "您好!我是客服助手,请直接输入您的问题。")
-    HELP = ("Type your question as a text message; /reset starts a new conversation. In a group, mention me or "
-            "reply to my message.\nAgents: react 👍 or 👎 to an answer to rate it, or reply to it with "
-            "/fix <corrected answer>.",
-            "直接输入您的问题即可;/reset 开始新的对话。在群组中请 @我 或回复我的消息。\n"
-            "客服人员:对回答点 👍 或 👎 进行评价,或回复该回答并发送 /fix <正确回答> 进行更正。")
-    NOT_TEXT = ("Sorry, I can only read text messages. Please type your question.",
-                "抱歉,我只能阅读文字消息,请输入您的问题。")
-    FIX_USAGE = ("Reply to one of my answers with /fix followed by the corrected answer.",
-                 "请回复我的某条回答,并发送 /fix 加上正确的回答。")
-    FIX_REFUSED = ("Sorry, only agents can correct answers.", "抱歉,只有客服人员可以更正回答。")
-    FIX_SAVED = ("Thanks, the correction is saved.", "谢谢,更正已保存。")
+    """Telegram's own canned replies: (English, Chinese), picked by the user's Telegram language."""
 
-
-def split_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
-    """Cut `text` into parts Telegram accepts: at a line break, else a sentence end, else a space in
-    the second half of each part; a hard cut only where there is none of them."""
-    parts: list[str] = []
-    text = text.strip()
-    while (fits := _fit(text, limit)) < len(text):
-        window = text[:fits]
-        cut = _boundary(window)
-        if part := window[:cut].rstrip():
-            parts.append(part)
-        text = text[cut:].lstrip()
-    if text:
-        parts.append(text)
-    return parts
-
-
-def _fit(text: str, limit: int) -> int:
-    """How many characters of `text` fit in `limit` UTF-16 code units (the stricter way to count)."""
-    units = 0
-    for i, ch in enumerate(text):
-        units += 2 if ord(ch) > 0xFFFF else 1
-        if units > limit:
-            return i
-    return len(text)
-
-
-def _boundary(window: str) -> int:
-    half = len(window) // 2
-    line = window.rfind("\n") + 1
-    sentence = max((m.end() for m in SENTENCE_END.finditer(window)), default=0)
-    space = window.rfind(" ") + 1
-    return next((cut for cut in (line, sentence, space) if cut > half), len(window))
+    START = (
+        "Hello! I'm the customer-service assistant. Type your question and I'll answer right away.",
+        "您好!我是客服助手,请直接输入您的问题。",
+    )
+    HELP = (
+        "Type your question as a text message; /reset starts a new conversation. In a group, mention me or "
+        "reply to my message.\nAgents: react 👍 or 👎 to an answer to rate it, or reply to it with "
+        "/fix <corrected answer>.",
+        "直接输入您的问题即可;/reset 开始新的对话。在群组中请 @我 或回复我的消息。\n"
+        "客服人员:对回答点 👍 或 👎 进行评价,或回复该回答并发送 /fix <正确回答> 进行更正。",
+    )
+    NOT_TEXT = (
+        "Sorry, I can only read text messages. Please type your question.",
+        "抱歉,我只能阅读文字消息,请输入您的问题。",
+    )
 
 
 def conversation_id(message: Message) -> str:
@@ -132,17 +111,14 @@ def conversation_id(message: Message) -> str:
 
 
 def reaction_emojis(reactions: list[Any]) -> list[str]:
-    """Plain emoji reactions only (custom emoji and paid stars rate nothing), without variation selectors."""
-    return [r.emoji.replace("\ufe0f", "") for r in reactions if isinstance(r, ReactionTypeEmoji)]
-
-
-def _say(user: User | None, texts: tuple[str, str]) -> str:
-    return texts[1] if user and (user.language_code or "").startswith("zh") else texts[0]
+    """Plain emoji reactions only: custom emoji and paid stars rate nothing."""
+    return [r.emoji for r in reactions if isinstance(r, ReactionTypeEmoji)]
 
 
 class _RawGetUpdates(GetUpdates):
     """getUpdates keeping each update as Telegram's JSON: stored verbatim and parsed one at a time, so
     an update aiogram cannot parse is dropped alone instead of stalling the queue."""
+
     __returning__ = list[dict[str, Any]]
 
 
@@ -162,9 +138,13 @@ class FloodControl(BaseRequestMiddleware):
             limiter = self.chats[key] = AsyncLimiter(*(GROUP_RATE if key.startswith("-") else CHAT_RATE))
         return limiter
 
-    async def __call__(self, make_request: NextRequestMiddlewareType[TelegramType], bot: TelegramBot,
-                       method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
-        if isinstance(method, GetUpdates):  # the polling loop has its own retries
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: TelegramBot,
+        method: TelegramMethod[TelegramType],
+    ) -> Response[TelegramType]:
+        if method.__api_method__ == GetUpdates.__api_method__:  # the polling loop has its own retries
             return await make_request(bot, method)
         if isinstance(method, SendMessage):
             await self._chat(method.chat_id).acquire()
@@ -174,24 +154,29 @@ class FloodControl(BaseRequestMiddleware):
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:
-                log.warning("Telegram flood limit on %s; sending again in %d s", method.__api_method__,
-                            exc.retry_after)
+                log.warning("Telegram flood limit on %s; sending again in %d s", method.__api_method__, exc.retry_after)
                 await asyncio.sleep(exc.retry_after)
             except (TelegramNetworkError, TelegramServerError) as exc:
                 if backoff.counter >= NETWORK_RETRIES:
                     raise
-                log.warning("Telegram %s failed (%s); retrying in %.1f s", method.__api_method__, exc.message,
-                            backoff.next_delay)
+                log.warning(
+                    "Telegram %s failed (%s); retrying in %.1f s",
+                    method.__api_method__,
+                    exc.message,
+                    backoff.next_delay,
+                )
                 await backoff.asleep()
 
 
-class TelegramChannel:
+class TelegramChannel(ChatChannel):
     name = CHANNEL
+    text_limit = MAX_MESSAGE_CHARS
+    fix_command = "/fix"
 
-    def __init__(self, bot: Bot, settings: TelegramSettings) -> None:
-        self.bot = bot
+    def __init__(self, service: ChannelService, settings: TelegramSettings) -> None:
+        agents = Place(str(settings.agent_chat_id)) if settings.agent_chat_id is not None else None
+        super().__init__(service, settings.reaction_ratings or DEFAULT_REACTIONS, agents)
         self.settings = settings
-        self.ratings = {e.replace("\ufe0f", ""): r for e, r in (settings.reaction_ratings or DEFAULT_REACTIONS).items()}
         api = TelegramAPIServer.from_base(settings.api_base) if settings.api_base else PRODUCTION
         session = AiohttpSession(api=api)
         session.middleware(FloodControl())
@@ -202,12 +187,8 @@ class TelegramChannel:
         self.dp = Dispatcher(disable_fsm=True)
         self.dp.include_router(self._router())
         self._poller: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._active: set[str] = set()  # inbox keys being handled now
-        self._stopping = False
-        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    # --- Channel ------------------------------------------------------------------------------------
+    # --- start and stop -----------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
         if self.settings.webhook_url:
@@ -216,30 +197,22 @@ class TelegramChannel:
     async def start(self) -> None:
         me = await self.tg.me()
         if self.settings.webhook_url:
-            await self.tg.set_webhook(self.settings.webhook_url, secret_token=self.settings.webhook_secret,
-                                      allowed_updates=ALLOWED_UPDATES)
+            await self.tg.set_webhook(
+                self.settings.webhook_url, secret_token=self.settings.webhook_secret, allowed_updates=ALLOWED_UPDATES
+            )
         else:
             await self.tg.delete_webhook()  # getUpdates refuses to work while a webhook is set
-        pending = await self.bot.store.inbox_pending(CHANNEL)
-        if pending:
-            log.info("handling %d Telegram updates left pending at the last stop", len(pending))
-        for key, payload in pending:
-            self._schedule(key, payload)
+        await super().start()
         if not self.settings.webhook_url:
             self._poller = asyncio.create_task(self._poll())
         log.info("Telegram bot @%s ready (%s)", me.username, "webhook" if self.settings.webhook_url else "long polling")
 
     async def stop(self) -> None:
-        self._stopping = True  # webhook calls from now on are only recorded, for the next start
         if self._poller:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        if self._tasks:  # a moment to finish; whatever is cut off stays in the inbox for the next start
-            _, unfinished = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_S)
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
+        await super().stop()
         await self.tg.session.close()
 
     # --- receiving ----------------------------------------------------------------------------------
@@ -265,9 +238,10 @@ class TelegramChannel:
         while True:
             try:
                 # A call with a higher offset confirms everything below it, so it only ever passes recorded updates.
-                updates = await self.tg(_RawGetUpdates(offset=offset, timeout=POLL_TIMEOUT_S,
-                                                       allowed_updates=ALLOWED_UPDATES),
-                                        request_timeout=POLL_TIMEOUT_S + 10)
+                updates = await self.tg(
+                    _RawGetUpdates(offset=offset, timeout=POLL_TIMEOUT_S, allowed_updates=ALLOWED_UPDATES),
+                    request_timeout=POLL_TIMEOUT_S + 10,
+                )
                 for payload in updates:
                     update_id = await self._receive(payload)
                     if update_id is not None:
@@ -276,8 +250,9 @@ class TelegramChannel:
             except TelegramRetryAfter as exc:
                 await asyncio.sleep(exc.retry_after)
             except Exception as exc:  # Telegram unreachable, token revoked, store busy: keep trying
-                log.warning("getUpdates failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc,
-                            backoff.next_delay)
+                log.warning(
+                    "getUpdates failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, backoff.next_delay
+                )
                 await backoff.asleep()
 
     async def _receive(self, payload: Any) -> int | None:
@@ -286,74 +261,58 @@ class TelegramChannel:
         if type(update_id) is not int:
             log.warning("ignoring a Telegram update without an update_id")
             return None
-        key = str(update_id)
-        if await self.bot.store.inbox_add(CHANNEL, key, payload):
-            self._schedule(key, payload)
-        else:
-            log.info("Telegram update %s delivered again; it was recorded before", key)
+        await self.receive(str(update_id), payload)
         return update_id
 
-    def _schedule(self, key: str, payload: dict[str, Any]) -> None:
-        if key not in self._active and not self._stopping:
-            self._active.add(key)
-            self._spawn(self._process(key, payload))
+    def conversation_of(self, payload: dict[str, Any]) -> str | None:
+        """The chat: answers keep their order, and a reaction waits for its answer's link."""
+        event = payload.get("message") or payload.get("message_reaction")
+        chat = event.get("chat") if isinstance(event, dict) else None
+        return str(chat.get("id")) if isinstance(chat, dict) else None
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def is_permanent(self, error: Exception) -> bool:
+        return isinstance(error, PERMANENT_ERRORS)
 
-    async def _process(self, key: str, payload: dict[str, Any]) -> None:
-        try:
-            await self._handle(key, payload)
-            await self.bot.store.inbox_done(CHANNEL, key)
-        except Exception:
-            log.exception("Telegram update %s failed; it stays in the inbox for the next start", key)
-        finally:
-            self._active.discard(key)
-
-    async def _handle(self, key: str, payload: dict[str, Any]) -> None:
+    async def handle_event(self, payload: dict[str, Any]) -> None:
         try:
             update = Update.model_validate(payload, context={"bot": self.tg})
         except ValidationError as exc:
-            log.warning("ignoring Telegram update %s: %s", key, exc.errors()[0]["msg"])
+            log.warning("ignoring Telegram update %s: %s", payload.get("update_id"), exc.errors()[0]["msg"])
             return
-        event = update.message or update.message_reaction
-        # One update at a time per chat: answers keep their order, a reaction waits for its answer's link.
-        lock = self._lock(event.chat.id) if event else contextlib.nullcontext()
-        async with lock:
-            try:
-                await self.dp.feed_update(self.tg, update)
-            except PERMANENT_ERRORS as exc:
-                log.warning("Telegram update %s: Telegram refused the reply (%s); not retrying", key, exc.message)
-
-    def _lock(self, chat_id: int) -> asyncio.Lock:
-        lock = self._locks.get(chat_id)
-        if lock is None:
-            lock = self._locks[chat_id] = asyncio.Lock()
-        return lock
+        await self.dp.feed_update(self.tg, update)
 
     # --- sending ------------------------------------------------------------------------------------
 
-    async def send(self, chat_id: int, text: str, turn_id: int | None = None, *, thread_id: int | None = None,
-                   reply_to: int | None = None) -> list[int]:
-        """Send `text`, split to Telegram's size, linking every part to the answer `turn_id`; the message ids."""
-        ids: list[int] = []
-        for part in split_text(text):
-            quote = reply_to if not ids else None  # the first part answers the question
-            reply = ReplyParameters(message_id=quote, allow_sending_without_reply=True) if quote else None
-            sent = await self.tg.send_message(chat_id, part, message_thread_id=thread_id, reply_parameters=reply)
-            ids.append(sent.message_id)
-            if turn_id is not None:
-                await self.bot.store.link_answer_message(CHANNEL, str(chat_id), str(sent.message_id), turn_id)
-        return ids
+    async def post(self, place: Place, text: str, first: bool) -> str:
+        quote = place.reply_to if first else None  # the first part answers the question
+        reply = ReplyParameters(message_id=int(quote), allow_sending_without_reply=True) if quote else None
+        sent = await self.tg.send_message(
+            int(place.chat_id),
+            text,
+            reply_parameters=reply,
+            message_thread_id=int(place.thread) if place.thread else None,
+        )
+        return str(sent.message_id)
 
-    async def _reply(self, message: Message, text: str, turn_id: int | None = None) -> list[int]:
+    async def mirror_turn(self, turn: StoredTurn, who: str) -> None:
+        """The question, then the answer quoting it; a reaction or /fix on the answer rates the turn."""
+        assert self.agents_room is not None
+        [question_id, *_] = await self.send(self.agents_room, f"❓ {who}:\n{turn.user_text}")
+        await self.send(Place(self.agents_room.chat_id, reply_to=question_id), f"🤖 {turn.answer}", turn.id)
+
+    @staticmethod
+    def place_of(message: Message) -> Place:
         """In groups an answer quotes its question; in forum topics it stays in the topic."""
         group = message.chat.type != ChatType.PRIVATE
-        return await self.send(message.chat.id, text, turn_id,
-                               thread_id=message.message_thread_id if message.is_topic_message else None,
-                               reply_to=message.message_id if group else None)
+        return Place(
+            str(message.chat.id),
+            str(message.message_thread_id) if message.is_topic_message else None,
+            str(message.message_id) if group else None,
+        )
+
+    async def _say(self, message: Message, texts: tuple[str, str]) -> None:
+        language = message.from_user.language_code if message.from_user else None
+        await self.send(self.place_of(message), pick_language(texts, language=language or "en"))
 
     @contextlib.asynccontextmanager
     async def _typing(self, message: Message) -> AsyncIterator[None]:
@@ -373,20 +332,6 @@ class TelegramChannel:
         finally:
             task.cancel()
 
-    async def _mirror(self, message: Message, reply: BotReply) -> None:
-        """Show a private chat's question and answer to the agents; their reaction or /fix on the
-        mirrored answer rates the original turn."""
-        agents = self.settings.agent_chat_id
-        assert agents is not None and reply.turn_id is not None and message.from_user is not None
-        try:
-            turn = await self.bot.store.turn(reply.turn_id)
-            question = turn.user_text if turn else message.text or ""
-            who = message.from_user
-            [question_id, *_] = await self.send(agents, f"❓ {who.full_name} (telegram:{who.id}):\n{question}")
-            await self.send(agents, f"🤖 {reply.text}", reply.turn_id, reply_to=question_id)
-        except Exception:
-            log.exception("could not mirror turn %s to the agents' chat", reply.turn_id)
-
     # --- handlers -----------------------------------------------------------------------------------
 
     def _router(self) -> Router:
@@ -401,12 +346,6 @@ class TelegramChannel:
         router.message_reaction.register(self.on_reaction)
         return router
 
-    async def _answer_turn(self, chat_id: int, message_id: int) -> int | None:
-        return await self.bot.store.turn_for_answer_message(CHANNEL, str(chat_id), str(message_id))
-
-    def _in_agent_chat(self, chat_id: int) -> bool:
-        return self.settings.agent_chat_id is not None and chat_id == self.settings.agent_chat_id
-
     async def _addressed(self, message: Message) -> bool:
         """Private chats: always. Groups: when the bot is mentioned or replied to; in the agents' chat
         a reply to the bot is about a mirrored conversation, so only a mention asks the bot."""
@@ -414,7 +353,12 @@ class TelegramChannel:
             return True
         me = await self.tg.me()
         replied = message.reply_to_message
-        if replied and replied.from_user and replied.from_user.id == me.id and not self._in_agent_chat(message.chat.id):
+        if (
+            replied
+            and replied.from_user
+            and replied.from_user.id == me.id
+            and not self.in_agents_room(str(message.chat.id))
+        ):
             return True
         text = message.text or message.caption or ""
         for entity in message.entities or message.caption_entities or []:
@@ -425,10 +369,10 @@ class TelegramChannel:
         return False
 
     async def on_start(self, message: Message) -> None:
-        await self._reply(message, _say(message.from_user, Texts.START))
+        await self._say(message, Texts.START)
 
     async def on_help(self, message: Message) -> None:
-        await self._reply(message, _say(message.from_user, Texts.HELP))
+        await self._say(message, Texts.HELP)
 
     async def on_reset(self, message: Message) -> None:
         await self._answer(message, "/reset")  # the pipeline starts the new session
@@ -439,55 +383,43 @@ class TelegramChannel:
         await self._answer(message, text.strip())
 
     async def on_other(self, message: Message) -> None:
-        await self._reply(message, _say(message.from_user, Texts.NOT_TEXT))
+        await self._say(message, Texts.NOT_TEXT)
 
     async def _answer(self, message: Message, text: str) -> None:
-        assert message.from_user is not None  # _from_person
-        incoming = UserMessage(CHANNEL, conversation_id(message), str(message.from_user.id),
-                               f"{message.chat.id}:{message.message_id}", text)
+        user = message.from_user
+        assert user is not None  # _from_person
+        incoming = UserMessage(
+            CHANNEL, conversation_id(message), str(user.id), f"{message.chat.id}:{message.message_id}", text
+        )
+        private = message.chat.type == ChatType.PRIVATE
         async with self._typing(message):
-            reply = await self.bot.dialogue.handle(incoming)
-        resent = reply.duplicate and reply.turn_id is not None and \
-            await self.bot.store.answer_was_sent(CHANNEL, str(message.chat.id), reply.turn_id)
-        if reply.text and not resent:
-            await self._reply(message, reply.text, reply.turn_id)
-        if self.settings.agent_chat_id is not None and message.chat.type == ChatType.PRIVATE and reply.turn_id:
-            self._spawn(self._mirror(message, reply))  # not on the answer's path: the agents' chat is slower
+            await self.answer(
+                incoming, self.place_of(message), f"{user.full_name} (telegram:{user.id})" if private else None
+            )
 
     async def on_fix(self, message: Message, command: CommandObject) -> None:
         assert message.from_user is not None
         target = message.reply_to_message
-        turn_id = await self._answer_turn(message.chat.id, target.message_id) if target else None
-        correction = (command.args or "").strip()
-        if not turn_id or not correction:
-            await self._reply(message, _say(message.from_user, Texts.FIX_USAGE))
-            return
-        sender = f"{CHANNEL}:{message.from_user.id}"
-        try:
-            await self.bot.feedback.correct(turn_id, sender, correction, self._in_agent_chat(message.chat.id))
-        except NotAllowed:
-            log.info("/fix from %s refused: not an agent", sender)
-            await self._reply(message, _say(message.from_user, Texts.FIX_REFUSED))
-            return
-        await self._reply(message, _say(message.from_user, Texts.FIX_SAVED))
+        chat_id = str(message.chat.id)
+        turn_id = await self.service.answer_for(chat_id, str(target.message_id)) if target else None
+        reply = await self.fix(
+            turn_id, str(message.from_user.id), command.args or "", chat_id, message.from_user.language_code or "en"
+        )
+        await self.send(self.place_of(message), reply)
 
     async def on_reaction(self, event: MessageReactionUpdated) -> None:
         if event.user is None or event.user.is_bot:  # anonymous admins react as a chat: nobody to credit
             return
-        turn_id = await self._answer_turn(event.chat.id, event.message_id)
-        if turn_id is None:
-            return  # not one of the bot's answers
-        old = [e for e in reaction_emojis(event.old_reaction) if e in self.ratings]
-        new = [e for e in reaction_emojis(event.new_reaction) if e in self.ratings]
+        old = [e for e in reaction_emojis(event.old_reaction) if self.rating_of(e) is not None]
+        new = [e for e in reaction_emojis(event.new_reaction) if self.rating_of(e) is not None]
         if not old and not new:
             return
         # The newest rating reaction counts; with none left, the rating is withdrawn.
         added = [e for e in new if e not in old]
-        latest = (added or new or [None])[-1]
-        rating = self.ratings[latest] if latest else None
-        sender = f"{CHANNEL}:{event.user.id}"
-        role = await self.bot.feedback.rate(turn_id, sender, rating, self._in_agent_chat(event.chat.id))
-        log.info("%s (%s) rated turn %d: %s", sender, role.value, turn_id, rating)
+        latest = (added or new)[-1:]
+        await self.rate_reaction(
+            str(event.chat.id), str(event.message_id), str(event.user.id), self.rating_of(latest[0]) if latest else None
+        )
 
 
 def _from_person(message: Message) -> bool:

@@ -3,6 +3,7 @@ separate scripts, listed here, because each starts its own fake platform or trai
 
     .venv/bin/python -m bench [core_bench options, e.g. --data-dir DIR --sections 1,2,3]
 """
+
 from __future__ import annotations
 
 import sys

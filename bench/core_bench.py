@@ -10,6 +10,7 @@ ratios and medians, not the absolute values.
 DIR is a bot data dir with a registered model (models/state.json). Default: the newest starter
 the test suite left in .venv/test-starter/, else one built now (about a minute).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ import tempfile
 import time
 import tracemalloc
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: import the project from the checkout
@@ -41,19 +43,28 @@ from bot.app import Bot, build_bot  # noqa: E402
 from bot.cache import normalise_question  # noqa: E402
 from bot.config import BotSettings  # noqa: E402
 from bot.message import UserMessage  # noqa: E402
-from bot.pipeline import DialogueManager, Turn  # noqa: E402
+from bot.models.registry import Registry  # noqa: E402
+from bot.pipeline import DialogueManager, WorkingTurn  # noqa: E402
 from bot.wordfilter import WordFilter  # noqa: E402
-from tuning.registry import Registry  # noqa: E402
 
 FAQ = ROOT / "data" / "sample" / "faq.csv"
 LEXICON = ROOT.parent / "shared" / "data" / "lexicons" / "houbb-sensitive-word" / "sensitive_word_dict.txt"
 NEW_TOKENS = 64
 # ~100M Qwen2 shape (tied embeddings, like Qwen2-0.5B): 12 x 768, GQA 12 query / 2 KV heads.
-SHAPE_100M = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                  num_key_value_heads=2, max_position_embeddings=2048, vocab_size=32000, tie_word_embeddings=True)
+SHAPE_100M = dict(
+    hidden_size=768,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    vocab_size=32000,
+    tie_word_embeddings=True,
+)
 
 
 # --- small helpers ------------------------------------------------------------------------------
+
 
 def p50(values: list[float]) -> float:
     return statistics.median(values)
@@ -98,6 +109,7 @@ def file_mb(folder: Path) -> float:
 
 # --- data dir and bot ---------------------------------------------------------------------------
 
+
 def find_data_dir(given: Path | None, scratch: Path) -> Path:
     if given is not None:
         if not Registry(given).state().current:
@@ -132,20 +144,25 @@ class Messages:
         return UserMessage("http", conversation, f"user-{conversation}", f"m{self.count}", text)
 
 
-async def timed_steps(dialogue: DialogueManager, message: UserMessage) -> tuple[dict[str, float], Turn]:
-    """DialogueManager.handle's loop, with a clock around each step."""
-    turn = Turn(message, message.text)
+async def timed_steps(dialogue: DialogueManager, message: UserMessage) -> tuple[dict[str, float], WorkingTurn]:
+    """One message through the real DialogueManager, with the time of each step from its observer hook."""
     times: dict[str, float] = {}
-    for step in dialogue.steps:
-        began = time.perf_counter()
-        await step(turn)
-        times[step.name] = time.perf_counter() - began
-        if turn.done:
-            break
-    return times, turn
+    seen: list[WorkingTurn] = []
+
+    def observe(name: str, seconds: float, turn: WorkingTurn) -> None:
+        times[name] = seconds
+        seen[:] = [turn]
+
+    dialogue.observers.append(observe)
+    try:
+        await dialogue.handle(message)
+    finally:
+        dialogue.observers.remove(observe)
+    return times, seen[0]
 
 
 # --- 1. pipeline overhead -----------------------------------------------------------------------
+
 
 async def pipeline_overhead(data_dir: Path, scratch: Path) -> None:
     print("## 1. Pipeline overhead per message, without the model\n")
@@ -159,7 +176,7 @@ async def pipeline_overhead(data_dir: Path, scratch: Path) -> None:
     lengths = [5, 10, 15, 20, 25, 30, 35, 40, 50, 70]
     plan = [(c, k) for k in range(max(lengths)) for c, length in enumerate(lengths) if k < length]
     await timed_steps(bot.dialogue, new("warm-up", "你好"))  # first-call costs (template compile, sqlite)
-    samples: list[tuple[int, dict[str, float], Turn]] = []
+    samples: list[tuple[int, dict[str, float], WorkingTurn]] = []
     for i, (conversation, k) in enumerate(plan):
         times, turn = await timed_steps(bot.dialogue, new(f"conv-{conversation}", asked[i % len(asked)]))
         samples.append((k, times, turn))
@@ -171,23 +188,42 @@ async def pipeline_overhead(data_dir: Path, scratch: Path) -> None:
     whole = [sum(times.values()) for _, times, _ in samples]
     outcomes = {o: sum(1 for *_, t in samples if t.outcome == o) for o in sorted({t.outcome for *_, t in samples})}
     cached = sum(1 for *_, t in samples if t.cached)
-    print(f"{len(samples)} messages in {len(lengths)} conversations (lengths {lengths}), outcomes {outcomes}, "
-          f"{cached} answer-cache hits. Baseline: the model step of the same messages.\n")
-    table(["per message", "p50 ms", "p99 ms", "mean ms"], [
-        ["pipeline overhead (all steps but `model`)", ms(p50(overhead)), ms(p99(overhead)), ms(statistics.mean(overhead))],
-        ["baseline: `model` step", ms(p50(model)), ms(p99(model)), ms(statistics.mean(model))],
-        ["whole turn (sum of steps)", ms(p50(whole)), ms(p99(whole)), ms(statistics.mean(whole))],
-    ])
-    print(f"Overhead is {sum(overhead) / sum(whole):.1%} of total step time; "
-          f"p50 overhead / p50 model = {p50(overhead) / p50(model):.2f}.\n")
+    print(
+        f"{len(samples)} messages in {len(lengths)} conversations (lengths {lengths}), outcomes {outcomes}, "
+        f"{cached} answer-cache hits. Baseline: the model step of the same messages.\n"
+    )
+    table(
+        ["per message", "p50 ms", "p99 ms", "mean ms"],
+        [
+            [
+                "pipeline overhead (all steps but `model`)",
+                ms(p50(overhead)),
+                ms(p99(overhead)),
+                ms(statistics.mean(overhead)),
+            ],
+            ["baseline: `model` step", ms(p50(model)), ms(p99(model)), ms(statistics.mean(model))],
+            ["whole turn (sum of steps)", ms(p50(whole)), ms(p99(whole)), ms(statistics.mean(whole))],
+        ],
+    )
+    print(
+        f"Overhead is {sum(overhead) / sum(whole):.1%} of total step time; "
+        f"p50 overhead / p50 model = {p50(overhead) / p50(model):.2f}.\n"
+    )
     rows = []
     total_overhead = sum(overhead)
     for name in names:
         if name == "model":
             continue
         values = [times.get(name, 0.0) for _, times, _ in samples]
-        rows.append([f"`{name}`", ms(p50(values)), ms(p99(values)), ms(statistics.mean(values)),
-                     f"{sum(values) / total_overhead:.1%}"])
+        rows.append(
+            [
+                f"`{name}`",
+                ms(p50(values)),
+                ms(p99(values)),
+                ms(statistics.mean(values)),
+                f"{sum(values) / total_overhead:.1%}",
+            ]
+        )
     table(["step", "p50 ms", "p99 ms", "mean ms", "share of overhead"], rows)
     # Context building re-tokenises the growing prompt for every past turn it adds.
     buckets = [(0, 0), (1, 4), (5, 19), (20, 39), (40, 69)]
@@ -200,14 +236,33 @@ async def pipeline_overhead(data_dir: Path, scratch: Path) -> None:
         context = [times.get("build_context", 0.0) for times, _ in chosen]
         model_step = [times.get("model", 0.0) for times, _ in chosen]
         turns_in_prompt = [(len(turn.prompt) - 2) // 2 for _, turn in chosen if turn.prompt]
-        rows.append([f"{lo + 1}" if lo == hi else f"{lo + 1}-{hi + 1}", len(chosen), ms(p50(over)), ms(p99(over)),
-                     ms(p50(context)), ms(p50(model_step)),
-                     f"{statistics.mean(turns_in_prompt):.1f}" if turns_in_prompt else "-"])
-    table(["turn # in conversation", "messages", "overhead p50 ms", "overhead p99 ms", "`build_context` p50 ms",
-           "baseline: `model` p50 ms", "past turns in prompt (mean)"], rows)
+        rows.append(
+            [
+                f"{lo + 1}" if lo == hi else f"{lo + 1}-{hi + 1}",
+                len(chosen),
+                ms(p50(over)),
+                ms(p99(over)),
+                ms(p50(context)),
+                ms(p50(model_step)),
+                f"{statistics.mean(turns_in_prompt):.1f}" if turns_in_prompt else "-",
+            ]
+        )
+    table(
+        [
+            "turn # in conversation",
+            "messages",
+            "overhead p50 ms",
+            "overhead p99 ms",
+            "`build_context` p50 ms",
+            "baseline: `model` p50 ms",
+            "past turns in prompt (mean)",
+        ],
+        rows,
+    )
 
 
 # --- 2. answer cache ----------------------------------------------------------------------------
+
 
 async def cache_hit_vs_miss(data_dir: Path, scratch: Path, count: int = 100) -> None:
     print("## 2. Answer cache: hit vs miss (whole `handle()`)\n")
@@ -216,7 +271,7 @@ async def cache_hit_vs_miss(data_dir: Path, scratch: Path, count: int = 100) -> 
     new = Messages()
     distinct = list({normalise_question(q): q for q in questions()}.values())
     random.Random(2).shuffle(distinct)
-    warm, chosen = distinct[0], distinct[1: count + 1]
+    warm, chosen = distinct[0], distinct[1 : count + 1]
     for conversation in ("warm-a", "warm-b"):
         await bot.dialogue.handle(new(conversation, warm))
     miss, hit, wrong = [], [], 0
@@ -228,17 +283,27 @@ async def cache_hit_vs_miss(data_dir: Path, scratch: Path, count: int = 100) -> 
             samples.append(time.perf_counter() - began)
             wrong += reply.cached != (kind == "hit")
     await bot.close()
-    print(f"{len(chosen)} distinct FAQ questions; each asked in a fresh conversation (miss: the model runs), "
-          f"then again in another fresh conversation (hit). Replies whose `cached` flag was not as expected: {wrong}.\n")
-    table(["case", "p50 ms", "p99 ms", "mean ms"], [
-        ["miss (model runs)", ms(p50(miss)), ms(p99(miss)), ms(statistics.mean(miss))],
-        ["hit", ms(p50(hit)), ms(p99(hit)), ms(statistics.mean(hit))],
-        ["ratio miss / hit", f"{p50(miss) / p50(hit):.1f}x", f"{p99(miss) / p99(hit):.1f}x",
-         f"{statistics.mean(miss) / statistics.mean(hit):.1f}x"],
-    ])
+    print(
+        f"{len(chosen)} distinct FAQ questions; each asked in a fresh conversation (miss: the model runs), "
+        f"then again in another fresh conversation (hit). Replies whose `cached` flag was not as expected: {wrong}.\n"
+    )
+    table(
+        ["case", "p50 ms", "p99 ms", "mean ms"],
+        [
+            ["miss (model runs)", ms(p50(miss)), ms(p99(miss)), ms(statistics.mean(miss))],
+            ["hit", ms(p50(hit)), ms(p99(hit)), ms(statistics.mean(hit))],
+            [
+                "ratio miss / hit",
+                f"{p50(miss) / p50(hit):.1f}x",
+                f"{p99(miss) / p99(hit):.1f}x",
+                f"{statistics.mean(miss) / statistics.mean(hit):.1f}x",
+            ],
+        ],
+    )
 
 
 # --- 3. sensitive-word filter -------------------------------------------------------------------
+
 
 def word_filter(rounds: int = 3) -> None:
     print("## 3. Sensitive-word filter throughput (64k-word Chinese lexicon)\n")
@@ -302,19 +367,33 @@ def word_filter(rounds: int = 3) -> None:
                 timings[name].append(time.perf_counter() - began)
         rate = {name: len(texts) / p50(values) for name, values in timings.items()}
         chars = statistics.mean(len(t) for t in texts)
-        out.append([label, len(texts), f"{chars:.0f}", f"{rate['ours']:,.0f}", f"{rate['baseline']:,.1f}",
-                    f"{rate['ours'] / rate['baseline']:,.0f}x", f"{flagged['ours']} / {flagged['baseline']}"])
-    print(f"{len(words):,} words from `{LEXICON.name}` (category `default`, policy mask, no allowlist). "
-          f"Baseline: `[w for w in words if w in text.lower()]` over the same word list. "
-          f"Median of {rounds} alternating passes.\n")
+        out.append(
+            [
+                label,
+                len(texts),
+                f"{chars:.0f}",
+                f"{rate['ours']:,.0f}",
+                f"{rate['baseline']:,.1f}",
+                f"{rate['ours'] / rate['baseline']:,.0f}x",
+                f"{flagged['ours']} / {flagged['baseline']}",
+            ]
+        )
+    print(
+        f"{len(words):,} words from `{LEXICON.name}` (category `default`, policy mask, no allowlist). "
+        f"Baseline: `[w for w in words if w in text.lower()]` over the same word list. "
+        f"Median of {rounds} alternating passes.\n"
+    )
     table(["texts", "n", "mean chars", "ours texts/s", "baseline texts/s", "speed-up", "flagged ours / baseline"], out)
-    table(["automaton", "value"], [
-        ["build time (median of 3)", f"{p50(builds) * 1000:.0f} ms (first {builds[0] * 1000:.0f} ms)"],
-        ["keys / trie nodes", f"{stats['words_count']:,} / {stats['nodes_count']:,}"],
-        ["memory: tracemalloc delta", f"{traced_delta / 2**20:.1f} MiB"],
-        ["memory: RSS delta (first build)", f"{rss_delta / 2**20:.1f} MiB"],
-        ["memory: pyahocorasick total_size", f"{stats['total_size'] / 2**20:.1f} MiB"],
-    ])
+    table(
+        ["automaton", "value"],
+        [
+            ["build time (median of 3)", f"{p50(builds) * 1000:.0f} ms (first {builds[0] * 1000:.0f} ms)"],
+            ["keys / trie nodes", f"{stats['words_count']:,} / {stats['nodes_count']:,}"],
+            ["memory: tracemalloc delta", f"{traced_delta / 2**20:.1f} MiB"],
+            ["memory: RSS delta (first build)", f"{rss_delta / 2**20:.1f} MiB"],
+            ["memory: pyahocorasick total_size", f"{stats['total_size'] / 2**20:.1f} MiB"],
+        ],
+    )
 
 
 # --- 4 and 5. generation: ONNX Runtime vs PyTorch, quantisation ---------------------------------
@@ -338,12 +417,14 @@ def load_ort(onnx_dir: Path, threads: int = DEFAULT_THREADS) -> Any:
     options = onnxruntime.SessionOptions()
     if threads != DEFAULT_THREADS:  # the default (0) is one thread per physical core, as the bot runs it
         options.intra_op_num_threads = threads
-    return ORTModelForCausalLM.from_pretrained(onnx_dir, use_cache=True, provider="CPUExecutionProvider",
-                                               session_options=options)
+    return ORTModelForCausalLM.from_pretrained(
+        onnx_dir, use_cache=True, provider="CPUExecutionProvider", session_options=options
+    )
 
 
-def generate(model: Any, ids: torch.Tensor, pad: int, threads: int = DEFAULT_THREADS,
-             **limits: Any) -> tuple[float, list[int]]:
+def generate(
+    model: Any, ids: torch.Tensor, pad: int, threads: int = DEFAULT_THREADS, **limits: Any
+) -> tuple[float, list[int]]:
     """Greedy; returns seconds and the new token ids. `threads` sets torch's pool (PyTorch's matmuls,
     and the logits processing around an ORT model)."""
     limits = limits or {"min_new_tokens": NEW_TOKENS, "max_new_tokens": NEW_TOKENS}
@@ -351,9 +432,10 @@ def generate(model: Any, ids: torch.Tensor, pad: int, threads: int = DEFAULT_THR
     try:
         began = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 pad_token_id=pad, **limits)
-        return time.perf_counter() - began, out[0, ids.shape[1]:].tolist()
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=pad, **limits
+            )
+        return time.perf_counter() - began, out[0, ids.shape[1] :].tolist()
     finally:
         torch.set_num_threads(DEFAULT_THREADS)
 
@@ -361,13 +443,15 @@ def generate(model: Any, ids: torch.Tensor, pad: int, threads: int = DEFAULT_THR
 Runner = tuple[Any, int]  # a loaded model and the thread count it runs with
 
 
-def race(runners: dict[str, Runner], ids: torch.Tensor, pad: int, reps: int) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+def race(
+    runners: dict[str, Runner], ids: torch.Tensor, pad: int, reps: int
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
     """One warm-up each, then `reps` rounds; each round runs every runner once, in a rotating order."""
     tokens = {name: generate(model, ids, pad, threads)[1] for name, (model, threads) in runners.items()}
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for r in range(reps):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             model, threads = runners[name]
             took, out = generate(model, ids, pad, threads)
             assert len(out) == NEW_TOKENS, (name, len(out))
@@ -376,7 +460,7 @@ def race(runners: dict[str, Runner], ids: torch.Tensor, pad: int, reps: int) -> 
 
 
 def same_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def rate(seconds: list[float]) -> str:
@@ -389,7 +473,10 @@ def speed_table(seconds: dict[str, list[float]], kinds: dict[str, str], baseline
     baseline runtime at the same thread count. Runner names are `<kind>@<threads>`."""
     headers = ["runtime"]
     for t in THREADS:
-        headers += [f"tokens/s, {t} thread{'s' if t > 1 else ''}: p50 (range)", f"vs {kinds[baseline].split(' (')[0]} @{t}"]
+        headers += [
+            f"tokens/s, {t} thread{'s' if t > 1 else ''}: p50 (range)",
+            f"vs {kinds[baseline].split(' (')[0]} @{t}",
+        ]
     rows = []
     for kind, label in kinds.items():
         row = [label]
@@ -427,46 +514,63 @@ def starter_runtimes(data_dir: Path, reps: int, work: Path) -> tuple[Any, torch.
         runners[f"fp32@{t}"] = (load_ort(folder / "onnx", t), t)
     runners[f"int8@{DEFAULT_THREADS}"] = (load_ort(int8_dir), DEFAULT_THREADS)
     seconds, tokens = race(runners, ids, pad, reps)
-    print(f"Model {version} ({pytorch.num_parameters():,} parameters), prompt {ids.shape[1]} tokens, greedy, exactly "
-          f"{NEW_TOKENS} new tokens (min = max), batch 1; median of {reps} interleaved runs (all runners in rotating "
-          f"order) after one warm-up each. Baseline: PyTorch eager at the same thread count.\n")
+    print(
+        f"Model {version} ({pytorch.num_parameters():,} parameters), prompt {ids.shape[1]} tokens, greedy, exactly "
+        f"{NEW_TOKENS} new tokens (min = max), batch 1; median of {reps} interleaved runs (all runners in rotating "
+        f"order) after one warm-up each. Baseline: PyTorch eager at the same thread count.\n"
+    )
     speed_table(seconds, {"pt": "PyTorch eager (hf/)", "fp32": "ONNX Runtime fp32 (onnx/)"}, "pt")
 
     # Greedy agreement: the fixed 64-token run, and FAQ questions the way the bot asks them.
-    stops = sorted({t for t in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id)
-                    if isinstance(t, int) and t >= 0})
+    stops = sorted(
+        {
+            t
+            for t in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id)
+            if isinstance(t, int) and t >= 0
+        }
+    )
     asked = questions()[::18]  # 20 questions, zh and en
-    compared = {"pt": runners[f"pt@{DEFAULT_THREADS}"], "fp32": runners[f"fp32@{DEFAULT_THREADS}"],
-                "int8": runners[f"int8@{DEFAULT_THREADS}"]}
+    compared = {
+        "pt": runners[f"pt@{DEFAULT_THREADS}"],
+        "fp32": runners[f"fp32@{DEFAULT_THREADS}"],
+        "int8": runners[f"int8@{DEFAULT_THREADS}"],
+    }
     answers: dict[str, list[list[int]]] = {name: [] for name in compared}
     for question in asked:
-        chat = tokenizer.apply_chat_template([prompt[0], {"role": "user", "content": question}],
-                                             add_generation_prompt=True, tokenize=True)
+        chat = tokenizer.apply_chat_template(
+            [prompt[0], {"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+        )
         for name, (model, _) in compared.items():
             answers[name].append(generate(model, torch.tensor([chat]), pad, max_new_tokens=96, eos_token_id=stops)[1])
 
     def agreement(a: str, b: str) -> str:
-        firsts = [same_prefix(x, y) for x, y in zip(answers[a], answers[b]) if x != y]
-        return f"{len(asked) - len(firsts)}/{len(asked)}" + (f" (others first differ at token {firsts})" if firsts else "")
+        firsts = [same_prefix(x, y) for x, y in zip(answers[a], answers[b], strict=True) if x != y]
+        return f"{len(asked) - len(firsts)}/{len(asked)}" + (
+            f" (others first differ at token {firsts})" if firsts else ""
+        )
 
     pt, fp32, int8 = (f"{k}@{DEFAULT_THREADS}" for k in ("pt", "fp32", "int8"))
     fixed = tokens[pt] == tokens[fp32]
-    print(f"Greedy token identity, ORT fp32 vs PyTorch: fixed {NEW_TOKENS}-token run "
-          f"{'identical' if fixed else 'DIFFERS from token %d' % same_prefix(tokens[pt], tokens[fp32])}; "
-          f"FAQ questions with the bot's settings (max 96 new tokens, stop on <|im_end|>) identical: "
-          f"{agreement('pt', 'fp32')}.\n")
-    note = (f"For contrast, INT8 on the trained starter ({version}, {DEFAULT_THREADS} threads, same run as 4a): "
-            f"{NEW_TOKENS / p50(seconds[int8]):.0f} tokens/s vs fp32 {NEW_TOKENS / p50(seconds[fp32]):.0f} "
-            f"({p50(seconds[fp32]) / p50(seconds[int8]):.2f}x), file {file_mb(int8_dir):.1f} MB vs "
-            f"{file_mb(folder / 'onnx'):.1f} MB; greedy answers to the same 20 FAQ questions identical to fp32: "
-            f"{agreement('fp32', 'int8')}.")
+    print(
+        f"Greedy token identity, ORT fp32 vs PyTorch: fixed {NEW_TOKENS}-token run "
+        f"{'identical' if fixed else f'DIFFERS from token {same_prefix(tokens[pt], tokens[fp32])}'}; "
+        f"FAQ questions with the bot's settings (max 96 new tokens, stop on <|im_end|>) identical: "
+        f"{agreement('pt', 'fp32')}.\n"
+    )
+    note = (
+        f"For contrast, INT8 on the trained starter ({version}, {DEFAULT_THREADS} threads, same run as 4a): "
+        f"{NEW_TOKENS / p50(seconds[int8]):.0f} tokens/s vs fp32 {NEW_TOKENS / p50(seconds[fp32]):.0f} "
+        f"({p50(seconds[fp32]) / p50(seconds[int8]):.2f}x), file {file_mb(int8_dir):.1f} MB vs "
+        f"{file_mb(folder / 'onnx'):.1f} MB; greedy answers to the same 20 FAQ questions identical to fp32: "
+        f"{agreement('fp32', 'int8')}."
+    )
     return tokenizer, ids, note
 
 
 def build_100m(tokenizer: Any, work: Path) -> tuple[Path, Path, int, float]:
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from tuning.export import export_onnx
+    from bot.models.export import export_onnx
 
     torch.manual_seed(0)
     eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
@@ -507,59 +611,89 @@ def qwen_100m(tokenizer: Any, ids: torch.Tensor, work: Path, reps: int, starter_
                 failed[mode] = f"load failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
     seconds, tokens = race(runners, ids, tokenizer.pad_token_id, reps)
     shape = ", ".join(f"{k}={v}" for k, v in SHAPE_100M.items())
-    labels = {"pt": "PyTorch eager", "fp32": "ONNX Runtime fp32", "int8": "ONNX Runtime INT8 (dynamic)",
-              "int4": "ONNX Runtime INT4 (MatMulNBits)"}
+    labels = {
+        "pt": "PyTorch eager",
+        "fp32": "ONNX Runtime fp32",
+        "int8": "ONNX Runtime INT8 (dynamic)",
+        "int4": "ONNX Runtime INT4 (MatMulNBits)",
+    }
 
     print("## 4b. ONNX Runtime vs PyTorch eager: ~100M Qwen2 (random init)\n")
     print(load_note() + "\n")
-    print(f"Qwen2Config({shape}): **{params:,} parameters** ({params / 1e6:.1f}M). Same prompt ids as 4a "
-          f"({ids.shape[1]} tokens), exactly {NEW_TOKENS} new tokens, greedy, batch 1; median of {reps} interleaved "
-          f"runs ({len(runners)} runners: PyTorch, ORT fp32, INT8, INT4 x {len(THREADS)} thread counts, rotating "
-          f"order) after one warm-up each. Export to ONNX took {export_s:.0f} s.\n")
+    print(
+        f"Qwen2Config({shape}): **{params:,} parameters** ({params / 1e6:.1f}M). Same prompt ids as 4a "
+        f"({ids.shape[1]} tokens), exactly {NEW_TOKENS} new tokens, greedy, batch 1; median of {reps} interleaved "
+        f"runs ({len(runners)} runners: PyTorch, ORT fp32, INT8, INT4 x {len(THREADS)} thread counts, rotating "
+        f"order) after one warm-up each. Export to ONNX took {export_s:.0f} s.\n"
+    )
     speed_table(seconds, {k: labels[k] for k in ("pt", "fp32")}, "pt")
     pt, fp32 = f"pt@{DEFAULT_THREADS}", f"fp32@{DEFAULT_THREADS}"
     if fp32 in tokens:
         n = same_prefix(tokens[pt], tokens[fp32])
-        print(f"Greedy tokens ORT fp32 vs PyTorch: "
-              f"{'identical' if tokens[pt] == tokens[fp32] else f'first {n} of {NEW_TOKENS} identical'}.\n")
+        print(
+            f"Greedy tokens ORT fp32 vs PyTorch: "
+            f"{'identical' if tokens[pt] == tokens[fp32] else f'first {n} of {NEW_TOKENS} identical'}.\n"
+        )
 
     print("## 5. INT8 / INT4 vs fp32 ONNX (~100M)\n")
-    print("Same run as 4b. `tuning.export.quantize`: INT8 = dynamic, weight MatMuls only, per-channel; "
-          "INT4 = weight-only MatMulNBits, block 32, symmetric. Baseline: ONNX fp32 at the same thread count.\n")
+    print(
+        "Same run as 4b. `tuning.export.quantize`: INT8 = dynamic, weight MatMuls only, per-channel; "
+        "INT4 = weight-only MatMulNBits, block 32, symmetric. Baseline: ONNX fp32 at the same thread count.\n"
+    )
     speed_table(seconds, {k: labels[k] for k in ("fp32", "int8", "int4")}, "fp32")
     rows = []
     for mode in ("fp32", "int8", "int4"):
         if mode in folders:
             agree = tokens.get(f"{mode}@{DEFAULT_THREADS}")
-            rows.append([labels[mode], f"{file_mb(folders[mode][0]):.0f}", f"{folders[mode][1]:.0f}",
-                         f"{same_prefix(tokens[fp32], agree)}/{NEW_TOKENS}" if agree else "-"])
+            rows.append(
+                [
+                    labels[mode],
+                    f"{file_mb(folders[mode][0]):.0f}",
+                    f"{folders[mode][1]:.0f}",
+                    f"{same_prefix(tokens[fp32], agree)}/{NEW_TOKENS}" if agree else "-",
+                ]
+            )
         else:
             rows.append([labels[mode], "-", "failed", "-"])
     rows.append(["PyTorch safetensors (for size)", f"{file_mb(hf_dir):.0f}", "-", "-"])
     table(["model", "file MB", "export / quantise s", "greedy tokens equal to fp32 (prefix)"], rows)
     for mode, error in failed.items():
         print(f"**{mode} failed:** `{error}`\n")
-    print("Greedy agreement with fp32 on random weights mostly measures near-ties in the logits, not quality. "
-          + starter_note + "\n")
+    print(
+        "Greedy agreement with fp32 on random weights mostly measures near-ties in the logits, not quality. "
+        + starter_note
+        + "\n"
+    )
 
 
 # --- main ---------------------------------------------------------------------------------------
+
 
 def machine() -> None:
     import onnxruntime
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"_{os.cpu_count()} CPUs ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; Python "
-          f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"transformers {transformers.__version__}_\n")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"_{os.cpu_count()} CPUs ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"transformers {transformers.__version__}_\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, help="bot data dir with a registered model (default: see above)")
-    parser.add_argument("--sections", default="1,2,3,4,5", help="comma-separated sections to run (4 and 5 run together)")
+    parser.add_argument(
+        "--sections", default="1,2,3,4,5", help="comma-separated sections to run (4 and 5 run together)"
+    )
     parser.add_argument("--reps", type=int, default=5, help="generation repetitions per model (3-5)")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))

@@ -9,6 +9,7 @@ time, and in a burst queued behind the model), and the acknowledgement time whil
 --data-dir: a folder holding a built model (its `models/`); without it the starter model is built
 into a temporary folder first (a minute or more).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ from slack_sdk.signature import SignatureVerifier
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the project and its test fakes
 
-from bot.config import BotSettings, SlackSettings, TelegramSettings  # noqa: E402
-from bot.server import start_server  # noqa: E402
+from bot.__main__ import start  # noqa: E402
+from bot.config import BotSettings, SlackSettings  # noqa: E402
 from tests.fakes.slack_api import FakeSlackApi  # noqa: E402
 from tuning.bootstrap import bootstrap  # noqa: E402
 
@@ -61,12 +62,28 @@ class Sender:
         """Send one DM event; returns (sent at, seconds until acknowledged)."""
         self.count += 1
         ts = f"1700000000.{self.count:06d}"
-        body = json.dumps({"type": "event_callback", "team_id": "T1", "event_id": f"EvB{self.count:06d}",
-                           "event": {"type": "message", "channel_type": "im", "channel": channel, "user": "UCUST",
-                                     "text": text, "ts": ts}}, ensure_ascii=False)
+        body = json.dumps(
+            {
+                "type": "event_callback",
+                "team_id": "T1",
+                "event_id": f"EvB{self.count:06d}",
+                "event": {
+                    "type": "message",
+                    "channel_type": "im",
+                    "channel": channel,
+                    "user": "UCUST",
+                    "text": text,
+                    "ts": ts,
+                },
+            },
+            ensure_ascii=False,
+        )
         stamp = str(int(time.time()))
-        headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp,
-                   "X-Slack-Signature": SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body)}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body),
+        }
         began = time.perf_counter()
         async with self.http.post(self.url, data=body.encode(), headers=headers) as response:
             assert response.status == 200, response.status
@@ -87,8 +104,9 @@ async def run(data_dir: Path, sequential: int, burst: int) -> list[tuple[str, st
     api = FakeSlackApi(TOKEN)
     await api.start()
     settings = BotSettings(_env_file=None, data_dir=data_dir, http_port=0)
-    server = await start_server(settings, TelegramSettings(_env_file=None),
-                                SlackSettings(_env_file=None, bot_token=TOKEN, signing_secret=SECRET, api_base=api.url))
+    server = await start(
+        settings, {"slack": SlackSettings(_env_file=None, bot_token=TOKEN, signing_secret=SECRET, api_base=api.url)}
+    )
     texts = questions()
     try:
         async with aiohttp.ClientSession() as http:
@@ -124,10 +142,14 @@ async def run(data_dir: Path, sequential: int, burst: int) -> list[tuple[str, st
         (f"events acknowledged per second (burst of {burst})", f"{burst / acked_in:.0f}"),
         ("ack p50 / p99 while the model is busy", f"{ms(pct(acks, 50))} / {ms(pct(acks, 99))}"),
         (f"ack p99 under {ACK_LIMIT_S:.0f} s", "yes" if pct(acks, 99) < ACK_LIMIT_S else "NO"),
-        (f"event to chat.postMessage p50 / p99, one at a time ({sequential})",
-         f"{ms(pct(one_by_one, 50))} / {ms(pct(one_by_one, 99))}"),
-        ("event to chat.postMessage p50 / p99, burst (queued behind the model)",
-         f"{ms(pct(queued, 50))} / {ms(pct(queued, 99))}"),
+        (
+            f"event to chat.postMessage p50 / p99, one at a time ({sequential})",
+            f"{ms(pct(one_by_one, 50))} / {ms(pct(one_by_one, 99))}",
+        ),
+        (
+            "event to chat.postMessage p50 / p99, burst (queued behind the model)",
+            f"{ms(pct(queued, 50))} / {ms(pct(queued, 99))}",
+        ),
         ("answers posted in the burst", f"{len(queued)} of {burst}"),
     ]
 

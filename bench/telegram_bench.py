@@ -5,6 +5,7 @@ asking again; cases run with Telegram's flood limits on, and off to show what th
 
     .venv/bin/python bench/telegram_bench.py [--data-dir DIR_WITH_A_REGISTERED_MODEL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the project and its test fakes
 
 import adapters.telegram as telegram  # noqa: E402
-from bot.config import BotSettings, SlackSettings, TelegramSettings  # noqa: E402
-from bot.server import start_server  # noqa: E402
+from bot.__main__ import start  # noqa: E402
+from bot.config import BotSettings, TelegramSettings  # noqa: E402
 from tests.fakes.telegram_api import TOKEN, FakeTelegram, message  # noqa: E402
 from tuning.bootstrap import bootstrap  # noqa: E402
 
@@ -45,8 +46,9 @@ async def run_case(models: Path, chats: int, per_chat: int) -> dict[str, float]:
         data_dir = Path(scratch)
         shutil.copytree(models, data_dir / "models")
         settings = BotSettings(_env_file=None, data_dir=data_dir, http_port=0)
-        server = await start_server(settings, TelegramSettings(_env_file=None, bot_token=TOKEN, api_base=fake.url),
-                                    SlackSettings(_env_file=None))
+        server = await start(
+            settings, {"telegram": TelegramSettings(_env_file=None, bot_token=TOKEN, api_base=fake.url)}
+        )
         latencies: list[float] = []
 
         async def customer(chat_id: int) -> None:
@@ -62,8 +64,13 @@ async def run_case(models: Path, chats: int, per_chat: int) -> dict[str, float]:
         await server.stop()
     await fake.stop()
     latencies.sort()
-    return {"messages": len(latencies), "per_s": len(latencies) / elapsed, "p50": statistics.median(latencies),
-            "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))], "cache_hits": hits}
+    return {
+        "messages": len(latencies),
+        "per_s": len(latencies) / elapsed,
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+        "cache_hits": hits,
+    }
 
 
 async def main() -> None:
@@ -83,12 +90,16 @@ async def main() -> None:
             for chats, per_chat in CASES:
                 result = await run_case(data_dir / "models", chats, per_chat)
                 rows.append((chats, "on" if limits else "off", result))
-    print("| concurrent chats | Telegram limits | messages | messages/s | p50 latency (ms) | p99 latency (ms) "
-          "| cache hits |")
+    print(
+        "| concurrent chats | Telegram limits | messages | messages/s | p50 latency (ms) | p99 latency (ms) "
+        "| cache hits |"
+    )
     print("|---:|:---:|---:|---:|---:|---:|---:|")
     for chats, limits, r in rows:
-        print(f"| {chats} | {limits} | {r['messages']:.0f} | {r['per_s']:.1f} | {r['p50'] * 1000:.0f} "
-              f"| {r['p99'] * 1000:.0f} | {r['cache_hits']:.0f} |")
+        print(
+            f"| {chats} | {limits} | {r['messages']:.0f} | {r['per_s']:.1f} | {r['p50'] * 1000:.0f} "
+            f"| {r['p99'] * 1000:.0f} | {r['cache_hits']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

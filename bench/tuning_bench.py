@@ -16,12 +16,13 @@ same encode/shuffle as tuning.train.train.
 
 Qwen (`../shared/tools/get-pretrained-qwen`, Qwen2.5-Coder-0.5B-Instruct Q4_K_M): stages call the
 project's functions in child processes of this script (`--worker ...`): tuning.train.fine_tune
-(LoRA, TrainConfig(steps, batch_size=4, max_len=128), on the shipped sample data's train split),
-tuning.export.export_onnx, tuning.export.quantize(..., "int8"), and bot.model.ChatModel answering
+(LoRA, the `pretrained` preset with steps, batch_size=4, max_len=128, on the shipped sample data's train split),
+bot.models.export.export_onnx, tuning.export.quantize(..., "int8"), and bot.models.runtime.ChatModel answering
 "我的订单什么时候到?" with the bot's system prompt, 64 greedy tokens, fp32 ONNX and INT8.
 `tuning run --base GGUF` itself is not timed: it would also evaluate 200 eval rows with the 0.5B
 candidate and the production model on CPU, which takes far longer than the rest together.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ MARK = "BENCH_JSON "
 
 # --- running and watching a stage ------------------------------------------------------------
 
+
 def _tree_rss(proc: Any) -> int:
     import psutil
 
@@ -64,8 +66,9 @@ def _tree_rss(proc: Any) -> int:
     return total
 
 
-def run_stage(name: str, cmd: list[str], env: dict[str, str], cwd: Path, timeout_s: float,
-              max_rss_gb: float) -> dict[str, Any]:
+def run_stage(
+    name: str, cmd: list[str], env: dict[str, str], cwd: Path, timeout_s: float, max_rss_gb: float
+) -> dict[str, Any]:
     """Run one stage; wall time, peak tree RSS (sampled every 0.2 s), stdout, and any JSON it marks."""
     import psutil
 
@@ -83,9 +86,13 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], cwd: Path, timeout
         peak = max(peak, rss)
         available = psutil.virtual_memory().available
         if rss > max_rss_gb * 2**30 or available < 1.5 * 2**30 or time.perf_counter() - began > timeout_s:
-            killed = (f"RSS {rss / 2**30:.1f} GB > {max_rss_gb} GB" if rss > max_rss_gb * 2**30 else
-                      f"available memory {available / 2**30:.1f} GB" if available < 1.5 * 2**30 else
-                      f"timeout {timeout_s:.0f} s")
+            killed = (
+                f"RSS {rss / 2**30:.1f} GB > {max_rss_gb} GB"
+                if rss > max_rss_gb * 2**30
+                else f"available memory {available / 2**30:.1f} GB"
+                if available < 1.5 * 2**30
+                else f"timeout {timeout_s:.0f} s"
+            )
             for p in [*watched.children(recursive=True), watched]:
                 try:
                     p.kill()
@@ -98,17 +105,21 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], cwd: Path, timeout
     log.close()
     wall = time.perf_counter() - began
     stdout = "".join(out_chunks)
-    result: dict[str, Any] = {"stage": name, "wall_s": round(wall, 2), "peak_rss_gb": round(peak / 2**30, 2),
-                              "rc": child.returncode}
+    result: dict[str, Any] = {
+        "stage": name,
+        "wall_s": round(wall, 2),
+        "peak_rss_gb": round(peak / 2**30, 2),
+        "rc": child.returncode,
+    }
     if killed:
         result["killed"] = killed
-    marked = [line[len(MARK):] for line in stdout.splitlines() if line.startswith(MARK)]
+    marked = [line[len(MARK) :] for line in stdout.splitlines() if line.startswith(MARK)]
     if marked:
         result["data"] = json.loads(marked[-1])
     else:  # the commands print one indented JSON object last; libraries may print before it
         start = stdout.rfind("\n{\n")
         try:
-            result["data"] = json.loads(stdout[start + 1 if start >= 0 else 0:])
+            result["data"] = json.loads(stdout[start + 1 if start >= 0 else 0 :])
         except json.JSONDecodeError:
             pass
     if child.returncode != 0:
@@ -138,30 +149,73 @@ def worker(*args: str) -> list[str]:
 
 # --- Bitext -----------------------------------------------------------------------------------
 
+
 def bench_bitext(work: Path, eval_limit: int, max_rss_gb: float) -> dict[str, Any]:
     if not BITEXT.exists():
         return {"skipped": f"{BITEXT} not found (../shared absent): Bitext part skipped"}
     data_dir, ds = work / "var", work / "bitext-ds"
     env = base_env(data_dir)
-    stages = [run_stage("bitext-dataset", tuning("dataset", "--no-sample", "--data", str(BITEXT), "--out", str(ds)),
-                        env, work, 600, max_rss_gb)]
+    stages = [
+        run_stage(
+            "bitext-dataset",
+            tuning("dataset", "--no-sample", "--data", str(BITEXT), "--out", str(ds)),
+            env,
+            work,
+            600,
+            max_rss_gb,
+        )
+    ]
     if stages[-1]["rc"] != 0:
         return {"stages": stages}
-    stages.append(run_stage("bitext-bootstrap", tuning("bootstrap", "--data", str(ds / "train.jsonl")), env, work,
-                            3600, max_rss_gb))
+    stages.append(
+        run_stage(
+            "bitext-bootstrap", tuning("bootstrap", "--data", str(ds / "train.jsonl")), env, work, 3600, max_rss_gb
+        )
+    )
     if stages[-1]["rc"] != 0:
         return {"stages": stages}
-    stages.append(run_stage("bitext-eval", tuning("eval", "--model", "current", "--data", str(ds / "eval.jsonl"),
-                                                  "--limit", str(eval_limit), "--out", str(work / "bitext-metrics.json")),
-                            env, work, 1800, max_rss_gb))
+    stages.append(
+        run_stage(
+            "bitext-eval",
+            tuning(
+                "eval",
+                "--model",
+                "current",
+                "--data",
+                str(ds / "eval.jsonl"),
+                "--limit",
+                str(eval_limit),
+                "--out",
+                str(work / "bitext-metrics.json"),
+            ),
+            env,
+            work,
+            1800,
+            max_rss_gb,
+        )
+    )
     version = stages[1]["data"]["version"]
-    stages.append(run_stage("bitext-tokens", worker("starter-tokens", str(data_dir / "models" / version), str(ds)),
-                            env, work, 600, max_rss_gb))
+    stages.append(
+        run_stage(
+            "bitext-tokens",
+            worker("starter-tokens", str(data_dir / "models" / version), str(ds)),
+            env,
+            work,
+            600,
+            max_rss_gb,
+        )
+    )
     card = stages[0].get("data", {})
     metrics = stages[2].get("data", {})
-    return {"rows": card.get("rows"), "metrics": {k: metrics.get(k) for k in
-            ("examples", "accuracy", "bleu4", "rouge_l", "latency_p50_s", "latency_p99_s")},
-            "samples": metrics.get("samples", [])[:2], "training": stages[3].get("data"), "stages": stages}
+    return {
+        "rows": card.get("rows"),
+        "metrics": {
+            k: metrics.get(k) for k in ("examples", "accuracy", "bleu4", "rouge_l", "latency_p50_s", "latency_p99_s")
+        },
+        "samples": metrics.get("samples", [])[:2],
+        "training": stages[3].get("data"),
+        "stages": stages,
+    }
 
 
 def worker_starter_tokens(version_dir: Path, ds: Path) -> dict[str, Any]:
@@ -169,26 +223,36 @@ def worker_starter_tokens(version_dir: Path, ds: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from bot.config import BotSettings
+    from bot.models.chat import with_system
     from tuning import dataset
-    from tuning.train import IGNORE, TrainConfig, encode
+    from tuning.config import TuneConfig
+    from tuning.train import IGNORE, encode
 
     manifest = json.loads((version_dir / "manifest.json").read_text())
-    cfg = TrainConfig(**manifest["settings"]["train"])
+    cfg = TuneConfig(**manifest["config"])
     tokenizer = AutoTokenizer.from_pretrained(version_dir / "hf")
     system = BotSettings(_env_file=None).system_prompt
-    chats = [[{"role": "system", "content": system}, *r["messages"]] for r in dataset.load_split(ds, "train")]
+    chats = [with_system(system, r["messages"]) for r in dataset.load_split(ds, "train")]
     fed = _replay(tokenizer, chats, cfg, IGNORE, encode)
     losses = [json.loads(line) for line in (version_dir / "loss.jsonl").read_text().splitlines()]
     loop_s = losses[-1]["s"]
     epochs = cfg.steps * cfg.batch_size * cfg.grad_accum / fed["rows"]
     return {
-        "parameters": manifest.get("parameters"), "train_rows": fed["rows"],
-        "tokens_in_split": fed["tokens_in_split"], "mean_tokens_per_row": round(fed["tokens_in_split"] / fed["rows"], 1),
-        "rows_truncated_at_max_len": fed["truncated"], "max_len": cfg.max_len,
-        "steps": cfg.steps, "batch_size": cfg.batch_size, "epochs_seen": round(epochs, 2),
-        "train_loop_s": loop_s, "bootstrap_total_s_manifest": manifest.get("seconds"),
-        "final_loss": manifest.get("final_loss"), "first_loss": losses[0]["loss"],
-        "tokens_fed": fed["tokens_fed"], "padded_tokens_fed": fed["padded_fed"],
+        "parameters": manifest.get("parameters"),
+        "train_rows": fed["rows"],
+        "tokens_in_split": fed["tokens_in_split"],
+        "mean_tokens_per_row": round(fed["tokens_in_split"] / fed["rows"], 1),
+        "rows_truncated_at_max_len": fed["truncated"],
+        "max_len": cfg.max_len,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "epochs_seen": round(epochs, 2),
+        "train_loop_s": loop_s,
+        "bootstrap_total_s_manifest": manifest.get("seconds"),
+        "final_loss": manifest.get("final_loss"),
+        "first_loss": losses[0]["loss"],
+        "tokens_fed": fed["tokens_fed"],
+        "padded_tokens_fed": fed["padded_fed"],
         "tokens_per_s_replayed": round(fed["tokens_fed"] / loop_s),
         "tokens_per_s_split_x_epochs": round(fed["tokens_in_split"] * epochs / loop_s),
         "padded_tokens_per_s": round(fed["padded_fed"] / loop_s),
@@ -208,15 +272,21 @@ def _replay(tokenizer: Any, chats: list, cfg: Any, ignore: int, encode: Any) -> 
         for _ in range(cfg.grad_accum):
             if len(order) < cfg.batch_size:
                 order += rng.sample(range(len(rows)), len(rows))
-            picked, order = order[: cfg.batch_size], order[cfg.batch_size:]
+            picked, order = order[: cfg.batch_size], order[cfg.batch_size :]
             lengths = [len(rows[i][0]) for i in picked]
             fed += sum(lengths)
             padded += max(lengths) * len(lengths)
-    return {"rows": len(rows), "tokens_in_split": sum(len(r[0]) for r in rows), "tokens_fed": fed,
-            "padded_fed": padded, "truncated": sum(len(ids) > cfg.max_len for ids in full)}
+    return {
+        "rows": len(rows),
+        "tokens_in_split": sum(len(r[0]) for r in rows),
+        "tokens_fed": fed,
+        "padded_fed": padded,
+        "truncated": sum(len(ids) > cfg.max_len for ids in full),
+    }
 
 
 # --- Qwen -------------------------------------------------------------------------------------
+
 
 def bench_qwen(work: Path, steps: int, max_rss_gb: float, reuse_tune: bool = False) -> dict[str, Any]:
     if not GET_QWEN.exists():
@@ -228,23 +298,34 @@ def bench_qwen(work: Path, steps: int, max_rss_gb: float, reuse_tune: bool = Fal
     if got.returncode != 0:
         return {"skipped": f"get-pretrained-qwen failed: {got.stderr[-1000:]}"}
     gguf = got.stdout.strip().splitlines()[-1]
-    result: dict[str, Any] = {"gguf": gguf, "gguf_mb": round(Path(gguf).stat().st_size / 2**20),
-                              "get_pretrained_qwen_s": round(fetch_s, 1)}
+    result: dict[str, Any] = {
+        "gguf": gguf,
+        "gguf_mb": round(Path(gguf).stat().st_size / 2**20),
+        "get_pretrained_qwen_s": round(fetch_s, 1),
+    }
     tuned, fp32, int8 = work / "qwen-tuned", work / "qwen-onnx-fp32", work / "qwen-onnx-int8"
     if reuse_tune and (tuned / "hf" / "config.json").exists():
         stages = [{"stage": "qwen-tune", "reused": str(tuned), "rc": 0, "wall_s": None, "peak_rss_gb": None}]
     else:
         shutil.rmtree(tuned, ignore_errors=True)
-        stages = [run_stage("qwen-tune", worker("qwen-tune", gguf, str(tuned), str(steps)), env, work, 2400, max_rss_gb)]
+        stages = [
+            run_stage("qwen-tune", worker("qwen-tune", gguf, str(tuned), str(steps)), env, work, 2400, max_rss_gb)
+        ]
     for folder in (fp32, int8):  # exporting into an old folder would append to its model.onnx_data
         shutil.rmtree(folder, ignore_errors=True)
     if stages[-1]["rc"] == 0:
-        stages.append(run_stage("qwen-export", worker("qwen-export", str(tuned / "hf"), str(fp32)), env, work, 2400, max_rss_gb))
+        stages.append(
+            run_stage("qwen-export", worker("qwen-export", str(tuned / "hf"), str(fp32)), env, work, 2400, max_rss_gb)
+        )
     if stages[-1]["rc"] == 0 and stages[-1]["stage"] == "qwen-export":
         stages.append(run_stage("qwen-generate-fp32", worker("qwen-generate", str(fp32)), env, work, 1200, max_rss_gb))
-        stages.append(run_stage("qwen-quantize-int8", worker("qwen-quantize", str(fp32), str(int8)), env, work, 2400, max_rss_gb))
+        stages.append(
+            run_stage("qwen-quantize-int8", worker("qwen-quantize", str(fp32), str(int8)), env, work, 2400, max_rss_gb)
+        )
         if stages[-1]["rc"] == 0:
-            stages.append(run_stage("qwen-generate-int8", worker("qwen-generate", str(int8)), env, work, 1200, max_rss_gb))
+            stages.append(
+                run_stage("qwen-generate-int8", worker("qwen-generate", str(int8)), env, work, 1200, max_rss_gb)
+            )
     result["stages"] = stages
     return result
 
@@ -260,7 +341,9 @@ def worker_qwen_tune(gguf: str, out: Path, steps: int) -> dict[str, Any]:
 
     import tuning.train as T
     from bot.config import BotSettings
+    from bot.models.chat import with_system
     from tuning import dataset
+    from tuning.config import preset
 
     timings: dict[str, Any] = {}
     load_base, train = T.load_base, T.train
@@ -284,35 +367,50 @@ def worker_qwen_tune(gguf: str, out: Path, steps: int) -> dict[str, Any]:
     T.load_base, T.train = timed_load, timed_train  # instrumentation only: fine_tune looks them up here
     system = BotSettings(_env_file=None).system_prompt
     splits, _ = dataset.build(None, [], include_sample=True)
-    chats = [[{"role": "system", "content": system}, *r["messages"]] for r in splits["train"]]
-    cfg = T.TrainConfig(steps=steps, batch_size=4, max_len=128, log_every=1)
+    chats = [with_system(system, r["messages"]) for r in splits["train"]]
+    cfg = preset("pretrained", steps=steps, batch_size=4, max_len=128, log_every=1)
     began = time.perf_counter()
-    losses = T.fine_tune(gguf, chats, out, cfg, method="lora")
+    losses = T.fine_tune(gguf, chats, out, cfg)
     total = time.perf_counter() - began
     log = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
     ends = [r["s"] for r in log]
-    step_s = [round(b - a, 2) for a, b in zip([0.0, *ends[:-1]], ends)]
+    step_s = [round(b - a, 2) for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
     loop_s = log[-1]["s"]
     fed = timings.pop("fed")
     return timings | {
-        "torch_threads": torch.get_num_threads(), "train_rows": fed["rows"], "steps": steps, "batch_size": 4,
-        "max_len": 128, "losses": [round(x, 4) for x in losses], "step_s": step_s, "train_loop_s": loop_s,
+        "torch_threads": torch.get_num_threads(),
+        "train_rows": fed["rows"],
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "max_len": cfg.max_len,
+        "lr": cfg.lr,
+        "losses": [round(x, 4) for x in losses],
+        "step_s": step_s,
+        "train_loop_s": loop_s,
         "s_per_step": round(loop_s / steps, 2),
         "s_per_step_after_first": round(statistics.fmean(step_s[1:]), 2) if len(step_s) > 1 else None,
-        "tokens_fed": fed["tokens_fed"], "padded_tokens_fed": fed["padded_fed"],
-        "tokens_per_s": round(fed["tokens_fed"] / loop_s, 1), "padded_tokens_per_s": round(fed["padded_fed"] / loop_s, 1),
+        "tokens_fed": fed["tokens_fed"],
+        "padded_tokens_fed": fed["padded_fed"],
+        "tokens_per_s": round(fed["tokens_fed"] / loop_s, 1),
+        "padded_tokens_per_s": round(fed["padded_fed"] / loop_s, 1),
         "merge_and_save_s": round(total - timings["load_base_s"] - timings["train_call_s"], 2),
-        "fine_tune_total_s": round(total, 2), "hf_folder_mb": _mb(out / "hf"), "peak_rss_self_gb": _peak_self_gb(),
+        "fine_tune_total_s": round(total, 2),
+        "hf_folder_mb": _mb(out / "hf"),
+        "peak_rss_self_gb": _peak_self_gb(),
     }
 
 
 def worker_qwen_export(model_dir: Path, out: Path) -> dict[str, Any]:
-    from tuning.export import export_onnx
+    from bot.models.export import export_onnx
 
     t = time.perf_counter()
     export_onnx(model_dir, out)
-    return {"export_s": round(time.perf_counter() - t, 2), "onnx_mb": _mb(out), "files": sorted(p.name for p in out.iterdir()),
-            "peak_rss_self_gb": _peak_self_gb()}
+    return {
+        "export_s": round(time.perf_counter() - t, 2),
+        "onnx_mb": _mb(out),
+        "files": sorted(p.name for p in out.iterdir()),
+        "peak_rss_self_gb": _peak_self_gb(),
+    }
 
 
 def worker_qwen_quantize(onnx_dir: Path, out: Path) -> dict[str, Any]:
@@ -325,7 +423,8 @@ def worker_qwen_quantize(onnx_dir: Path, out: Path) -> dict[str, Any]:
 
 def worker_qwen_generate(onnx_dir: Path) -> dict[str, Any]:
     from bot.config import BotSettings
-    from bot.model import ChatModel, GenerationSettings
+    from bot.models.chat import with_system
+    from bot.models.runtime import ChatModel, GenerationSettings
 
     t = time.perf_counter()
     model = ChatModel(onnx_dir.name, onnx_dir, GenerationSettings(max_new_tokens=64))
@@ -340,23 +439,35 @@ def worker_qwen_generate(onnx_dir: Path) -> dict[str, Any]:
         return output
 
     model.model.generate = counting_generate  # count new tokens; ChatModel.generate returns text only
-    messages = [{"role": "system", "content": BotSettings(_env_file=None).system_prompt}, {"role": "user", "content": QUESTION}]
+    messages = with_system(BotSettings(_env_file=None).system_prompt, [{"role": "user", "content": QUESTION}])
     runs = []
     # Run 1: the answer as the bot gives it (stops at <|im_end|>; also warms the session up).
     # Runs 2-3: min_new_tokens=64 holds the stop tokens back, so all 64 greedy tokens are decoded.
+    answer = ""
     for run in range(3):
         forced.update({"min_new_tokens": 64} if run else {})
         t = time.perf_counter()
         text = model.generate(messages)
         seconds = time.perf_counter() - t
-        answer = text if run == 0 else answer
-        runs.append({"forced_64": bool(run), "s": round(seconds, 2), "new_tokens": counted[-1],
-                     "tokens_per_s": round(counted[-1] / seconds, 2)})
+        answer = answer if run else text
+        runs.append(
+            {
+                "forced_64": bool(run),
+                "s": round(seconds, 2),
+                "new_tokens": counted[-1],
+                "tokens_per_s": round(counted[-1] / seconds, 2),
+            }
+        )
     forced_runs = [r for r in runs if r["forced_64"]]
-    return {"load_s": round(load_s, 2), "prompt_tokens": len(model.prompt_ids(messages)), "runs": runs,
-            "tokens_per_s_64": round(statistics.fmean(r["tokens_per_s"] for r in forced_runs), 2),
-            "answer": answer, "has_cjk": any("\u3400" <= ch <= "\u9fff" for ch in answer),
-            "peak_rss_self_gb": _peak_self_gb()}
+    return {
+        "load_s": round(load_s, 2),
+        "prompt_tokens": len(model.prompt_ids(messages)),
+        "runs": runs,
+        "tokens_per_s_64": round(statistics.fmean(r["tokens_per_s"] for r in forced_runs), 2),
+        "answer": answer,
+        "has_cjk": any("\u3400" <= ch <= "\u9fff" for ch in answer),
+        "peak_rss_self_gb": _peak_self_gb(),
+    }
 
 
 def _mb(folder: Path) -> int:
@@ -365,13 +476,16 @@ def _mb(folder: Path) -> int:
 
 # --- Qwen2-7B on a 24 GB GPU: an estimate, not a measurement -----------------------------------
 
+
 def qwen2_7b_estimate(tokens_per_example: float = 93.0) -> dict[str, Any]:
     """What `tuning run --base Qwen/Qwen2-7B` would need (LoRA r=16 all-linear, bf16, checkpointing).
     tokens_per_example: padded Qwen-tokenizer tokens per sample-data row (measured on the 0.5B run: 1116/12)."""
+    from tuning.config import MONTHLY
+
     layers, hidden, kv, ffn, vocab, params = 28, 3584, 512, 18944, 152064, 7.62e9
     per_layer = 16 * ((hidden + hidden) * 2 + (hidden + kv) * 2 + (hidden + ffn) * 3)  # q,o  k,v  gate,up,down
     lora = per_layer * layers
-    batch, seq = 16, 320  # INCREMENTAL
+    batch, seq = MONTHLY.batch_size, MONTHLY.max_len
     tokens = batch * seq
     gb = 1e9
     mem = {
@@ -384,16 +498,25 @@ def qwen2_7b_estimate(tokens_per_example: float = 93.0) -> dict[str, Any]:
         "logits_bf16_plus_fp32_loss_gb": tokens * vocab * (2 + 4 + 4) / gb,  # logits, fp32 upcast, its grad
     }
     flops_per_token = 6 * params  # fwd 2N + bwd (activation grads) 2N + checkpoint recompute 2N
-    cards = {"RTX 4090 (82.6 TFLOPS bf16 dense, fp32 accumulate)": 82.6e12, "L4 (121 TFLOPS bf16 dense)": 121e12,
-             "A10G (~70 TFLOPS bf16 dense)": 70e12}
-    speed = {name: {f"mfu_{int(m * 100)}pct_tokens_per_s": round(peak * m / flops_per_token) for m in (0.25, 0.40)}
-             for name, peak in cards.items()}
-    return {"memory": {k: round(v, 2) if isinstance(v, float) else v for k, v in mem.items()},
-            "flops_per_token": flops_per_token, "tokens_per_s": speed,
-            "tokens_per_incremental_run": 300 * batch * tokens_per_example}
+    cards = {
+        "RTX 4090 (82.6 TFLOPS bf16 dense, fp32 accumulate)": 82.6e12,
+        "L4 (121 TFLOPS bf16 dense)": 121e12,
+        "A10G (~70 TFLOPS bf16 dense)": 70e12,
+    }
+    speed = {
+        name: {f"mfu_{int(m * 100)}pct_tokens_per_s": round(peak * m / flops_per_token) for m in (0.25, 0.40)}
+        for name, peak in cards.items()
+    }
+    return {
+        "memory": {k: round(v, 2) if isinstance(v, float) else v for k, v in mem.items()},
+        "flops_per_token": flops_per_token,
+        "tokens_per_s": speed,
+        "tokens_per_incremental_run": MONTHLY.steps * batch * tokens_per_example,
+    }
 
 
 # --- report -----------------------------------------------------------------------------------
+
 
 def summary(result: dict[str, Any]) -> str:
     lines = []
@@ -405,8 +528,10 @@ def summary(result: dict[str, Any]) -> str:
         m = b.get("metrics") or {}
         if m:
             lines.append("| accuracy | BLEU-4 | ROUGE-L | p50 s | p99 s | bar BLEU-4 |\n|---|---|---|---|---|---|")
-            lines.append(f"| {m['accuracy']:.3f} | {m['bleu4']:.4f} | {m['rouge_l']:.3f} | {m['latency_p50_s']:.3f} "
-                         f"| {m['latency_p99_s']:.3f} | {ORIGIN_BLEU_BAR} |")
+            lines.append(
+                f"| {m['accuracy']:.3f} | {m['bleu4']:.4f} | {m['rouge_l']:.3f} | {m['latency_p50_s']:.3f} "
+                f"| {m['latency_p99_s']:.3f} | {ORIGIN_BLEU_BAR} |"
+            )
         for s in b.get("stages", []):
             lines.append(f"- {s['stage']}: {s['wall_s']} s wall, peak RSS {s['peak_rss_gb']} GB, rc {s['rc']}")
         if b.get("training"):
@@ -415,8 +540,10 @@ def summary(result: dict[str, Any]) -> str:
     if "skipped" in q:
         lines.append(f"Qwen: {q['skipped']}")
     for s in q.get("stages", []):
-        lines.append(f"- {s['stage']}: {s['wall_s']} s wall, peak RSS {s['peak_rss_gb']} GB, rc {s['rc']} "
-                     f"{s.get('killed', '')}\n  {json.dumps(s.get('data'), ensure_ascii=False)}")
+        lines.append(
+            f"- {s['stage']}: {s['wall_s']} s wall, peak RSS {s['peak_rss_gb']} GB, rc {s['rc']} "
+            f"{s.get('killed', '')}\n  {json.dumps(s.get('data'), ensure_ascii=False)}"
+        )
     return "\n".join(lines)
 
 
@@ -429,17 +556,21 @@ def main() -> int:
     p.add_argument("--max-rss-gb", type=float, default=18.0, help="kill a stage whose process tree passes this")
     p.add_argument("--json", type=Path, help="write the full results here")
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp dir, removed)")
-    p.add_argument("--reuse-tune", action="store_true", help="with --keep: reuse the LoRA-tuned model an earlier run left")
+    p.add_argument(
+        "--reuse-tune", action="store_true", help="with --keep: reuse the LoRA-tuned model an earlier run left"
+    )
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
+    sys.path.insert(0, str(ROOT))  # run as a script: the project's packages
     if args.worker:
-        sys.path.insert(0, str(ROOT))
         kind, *rest = args.worker
-        fn = {"starter-tokens": lambda a, b: worker_starter_tokens(Path(a), Path(b)),
-              "qwen-tune": lambda g, o, s: worker_qwen_tune(g, Path(o), int(s)),
-              "qwen-export": lambda m, o: worker_qwen_export(Path(m), Path(o)),
-              "qwen-quantize": lambda m, o: worker_qwen_quantize(Path(m), Path(o)),
-              "qwen-generate": lambda d: worker_qwen_generate(Path(d))}[kind]
+        fn = {
+            "starter-tokens": lambda a, b: worker_starter_tokens(Path(a), Path(b)),
+            "qwen-tune": lambda g, o, s: worker_qwen_tune(g, Path(o), int(s)),
+            "qwen-export": lambda m, o: worker_qwen_export(Path(m), Path(o)),
+            "qwen-quantize": lambda m, o: worker_qwen_quantize(Path(m), Path(o)),
+            "qwen-generate": lambda d: worker_qwen_generate(Path(d)),
+        }[kind]
         print(MARK + json.dumps(fn(*rest), ensure_ascii=False), flush=True)
         return 0
     work = args.keep or Path(tempfile.mkdtemp(prefix="tuning-bench-"))

@@ -1,22 +1,50 @@
-"""`python -m bot run` serves the HTTP API and the configured channels; `python -m bot chat` talks
-to the bot in the terminal."""
+"""The process entry point, and the one place that knows both the serving core and the channels.
+
+`python -m bot run` serves the HTTP API and the configured channels; `python -m bot chat` talks to
+the bot in the terminal. With no model configured and none registered, the starter model is built
+from data/ first.
+"""
+
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Mapping
 
-from bot.app import build_bot, ensure_model
-from bot.config import BotSettings, load_settings, load_slack, load_telegram
+from adapters import CHANNELS, build_channels
+from adapters import console as console_channel
+from bot.app import build_bot
+from bot.config import BotSettings, ChannelSettings, load, load_settings
 from bot.logs import setup_logging
-from bot.server import start_server
+from bot.models.registry import Registry
+from bot.server import RunningServer, start_server
 
 log = logging.getLogger("bot")
 
 
-async def serve(settings: BotSettings) -> None:
-    server = await start_server(settings)
+def ensure_model(settings: BotSettings) -> None:
+    """With no model configured and none registered, build the starter model from data/."""
+    if settings.model or Registry(settings.data_dir).state().current:
+        return
+    log.info(
+        "no model in %s yet: building the starter model from data/sample (a few minutes on 2 cores, once)",
+        settings.data_dir,
+    )
+    from tuning.bootstrap import bootstrap  # the trainer is needed only here, once
+
+    bootstrap(settings.data_dir, settings.system_prompt)
+
+
+async def start(settings: BotSettings, channels: Mapping[str, ChannelSettings]) -> RunningServer:
+    """The bot and its channels, serving; `channels` maps a channel name to its settings."""
+    bot = await build_bot(settings)
+    return await start_server(bot, build_channels(bot, channels))
+
+
+async def serve(settings: BotSettings, channels: Mapping[str, ChannelSettings]) -> None:
+    server = await start(settings, channels)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -26,11 +54,9 @@ async def serve(settings: BotSettings) -> None:
 
 
 async def console(settings: BotSettings) -> None:
-    from adapters.console import chat
-
     bot = await build_bot(settings)
     try:
-        await chat(bot)
+        await console_channel(bot)
     finally:
         await bot.close()
 
@@ -40,11 +66,10 @@ def main() -> None:
     parser.add_argument("command", choices=["run", "chat"])
     args = parser.parse_args()
     settings = load_settings()
-    telegram, slack = load_telegram(), load_slack()
-    setup_logging(settings.log_level, [telegram.bot_token, telegram.webhook_secret, slack.bot_token,
-                                       slack.signing_secret, slack.app_token])
+    channels = {name: load(settings_class) for name, (settings_class, _) in CHANNELS.items()}
+    setup_logging(settings.log_level, [secret for c in channels.values() for secret in c.secrets()])
     ensure_model(settings)
-    asyncio.run(serve(settings) if args.command == "run" else console(settings))
+    asyncio.run(serve(settings, channels) if args.command == "run" else console(settings))
 
 
 if __name__ == "__main__":

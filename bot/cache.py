@@ -2,6 +2,7 @@
 
 Only context-free questions are cached: an answer that depended on earlier turns is not reusable.
 """
+
 from __future__ import annotations
 
 import re

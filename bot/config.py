@@ -1,7 +1,10 @@
 """All settings, read in one place: environment variables and `.env` (see `.env.example`)."""
+
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,9 +17,14 @@ class ConfigError(SystemExit):
 class _Env(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
+    def check(self) -> None:
+        """Rules across fields, run after loading; raise ConfigError naming the setting."""
+
 
 class BotSettings(_Env):
-    model_config = SettingsConfigDict(env_prefix="BOT_", env_file=".env", extra="ignore", env_ignore_empty=True, populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="BOT_", env_file=".env", extra="ignore", env_ignore_empty=True, populate_by_name=True
+    )
 
     data_dir: Path = Path("./var")
     http_host: str = "127.0.0.1"
@@ -66,6 +74,10 @@ class BotSettings(_Env):
         return value
 
     @property
+    def session_idle(self) -> timedelta:
+        return timedelta(minutes=self.session_idle_minutes)
+
+    @property
     def agents(self) -> frozenset[str]:
         return frozenset(a.strip() for a in self.agent_ids.split(",") if a.strip())
 
@@ -90,14 +102,19 @@ def reaction_ratings(value: str) -> dict[str, int]:
     return ratings
 
 
-class _ChannelSettings(_Env):
+class ChannelSettings(_Env):
     """What the chat channels share: a token that turns them on, reactions that rate answers."""
+
     bot_token: str = ""
     reactions: str = ""
 
     @property
     def enabled(self) -> bool:
         return bool(self.bot_token)
+
+    def secrets(self) -> list[str]:
+        """Values the logs must never show."""
+        return [self.bot_token]
 
     @field_validator("reactions")
     @classmethod
@@ -110,7 +127,7 @@ class _ChannelSettings(_Env):
         return reaction_ratings(self.reactions)
 
 
-class TelegramSettings(_ChannelSettings):
+class TelegramSettings(ChannelSettings):
     model_config = SettingsConfigDict(env_prefix="TELEGRAM_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
     api_base: str = ""
@@ -120,8 +137,15 @@ class TelegramSettings(_ChannelSettings):
     # Reactions that rate an answer, as `emoji=1` / `emoji=-1` pairs, comma-separated; empty keeps the default set.
     reactions: str = ""
 
+    def secrets(self) -> list[str]:
+        return [self.bot_token, self.webhook_secret]
 
-class SlackSettings(_ChannelSettings):
+    def check(self) -> None:
+        if self.enabled and self.webhook_url and not self.webhook_secret:
+            raise ConfigError("config error: TELEGRAM_WEBHOOK_SECRET: required when TELEGRAM_WEBHOOK_URL is set")
+
+
+class SlackSettings(ChannelSettings):
     model_config = SettingsConfigDict(env_prefix="SLACK_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
     signing_secret: str = ""
@@ -131,10 +155,23 @@ class SlackSettings(_ChannelSettings):
     # Reactions that rate an answer: `emoji=1` or `emoji=-1` pairs (skin tones are ignored).
     reactions: str = "+1=1,thumbsup=1,white_check_mark=1,heart=1,-1=-1,thumbsdown=-1,x=-1"
 
+    def secrets(self) -> list[str]:
+        return [self.bot_token, self.signing_secret, self.app_token]
 
-def _load(cls: type[_Env]) -> _Env:
+    def check(self) -> None:
+        if self.enabled and not self.app_token and not self.signing_secret:
+            raise ConfigError(
+                "config error: SLACK_SIGNING_SECRET: required for the Events API (or set SLACK_APP_TOKEN)"
+            )
+
+
+Loaded = TypeVar("Loaded", bound=_Env)
+
+
+def load(cls: type[Loaded]) -> Loaded:
+    """Read one settings class from the environment and `.env`; a bad value stops start-up with one line."""
     try:
-        return cls()
+        settings = cls()
     except ValidationError as exc:
         err = exc.errors()[0]
         prefix = cls.model_config.get("env_prefix", "")
@@ -142,21 +179,9 @@ def _load(cls: type[_Env]) -> _Env:
         if name == "BOT_AGENT_IDS":
             name = "AGENT_IDS"
         raise ConfigError(f"config error: {name}: {err['msg']}") from None
+    settings.check()
+    return settings
 
 
 def load_settings() -> BotSettings:
-    return _load(BotSettings)  # type: ignore[return-value]
-
-
-def load_telegram() -> TelegramSettings:
-    settings = _load(TelegramSettings)
-    if settings.enabled and settings.webhook_url and not settings.webhook_secret:  # type: ignore[attr-defined]
-        raise ConfigError("config error: TELEGRAM_WEBHOOK_SECRET: required when TELEGRAM_WEBHOOK_URL is set")
-    return settings  # type: ignore[return-value]
-
-
-def load_slack() -> SlackSettings:
-    settings = _load(SlackSettings)
-    if settings.enabled and not settings.app_token and not settings.signing_secret:  # type: ignore[attr-defined]
-        raise ConfigError("config error: SLACK_SIGNING_SECRET: required for the Events API (or set SLACK_APP_TOKEN)")
-    return settings  # type: ignore[return-value]
+    return load(BotSettings)

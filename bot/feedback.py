@@ -1,4 +1,5 @@
 """Ratings, corrections and roles. Who is an agent is decided here and nowhere else."""
+
 from __future__ import annotations
 
 from enum import Enum
@@ -36,8 +37,16 @@ class Feedback:
         await self._require_turn(turn_id)
         role = self.role(sender, in_agent_chat)
         await self.store.set_rating(turn_id, sender, role.value, rating)
-        await self.store.audit(sender, "rating" if rating else "rating_retracted", turn_id=turn_id, rating=rating, role=role.value)
+        await self.store.audit(
+            sender, "rating" if rating else "rating_retracted", turn_id=turn_id, rating=rating, role=role.value
+        )
         return role
+
+    async def withdraw(self, turn_id: int, sender: str, rating: int) -> None:
+        """Retract `sender`'s rating only while it is still `rating`: removing a 👍 reaction must not
+        undo a 👎 given since."""
+        if any(r["rater"] == sender and r["rating"] == rating for r in await self.store.ratings(turn_id)):
+            await self.rate(turn_id, sender, None)
 
     async def correct(self, turn_id: int, sender: str, text: str, in_agent_chat: bool = False) -> None:
         if self.role(sender, in_agent_chat) is not Role.AGENT:

@@ -1,5 +1,6 @@
 """Logging set-up: one format for the whole bot, and secrets (tokens, signing secrets) redacted from
 every record, whichever library wrote it."""
+
 from __future__ import annotations
 
 import logging

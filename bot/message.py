@@ -1,4 +1,5 @@
 """The one neutral message type every channel translates to and from (Rasa's UserMessage idea)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,6 +8,14 @@ from datetime import datetime, timezone
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def pick_language(texts: tuple[str, str], text: str = "", language: str = "") -> str:
+    """The (English, Chinese) reply for a user: by their language setting where the platform gives
+    one (e.g. Telegram's `zh-hans`), else by the script of what they wrote."""
+    if language:
+        return texts[1] if language.lower().startswith("zh") else texts[0]
+    return texts[1] if any("\u4e00" <= ch <= "\u9fff" for ch in text) else texts[0]
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
     check input -> deduplicate -> mask personal data -> input filter -> context -> answer cache
     -> model -> output filter -> persist -> reply
 
-A step reads and updates one `Turn`. A step that settles the answer sets `turn.answer` (later
-answer-making steps then stand aside); one that ends the turn outright sets `turn.done`.
+A step reads and updates one `WorkingTurn`. The first step to settle the answer wins (`settle`);
+steps that make an answer (`makes_answer`) are then skipped by the manager, and a step that ends
+the turn outright sets `turn.done`. The manager times every step and tells its observers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,43 +15,54 @@ import logging
 import sqlite3
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from typing import ClassVar
 
 from prometheus_client import Counter, Histogram
 
 from bot.cache import AnswerCache
-from bot.message import BotReply, UserMessage
-from bot.model import ChatModel, ModelPool
+from bot.config import BotSettings
+from bot.message import BotReply, UserMessage, pick_language
+from bot.models.chat import with_system
+from bot.models.pool import ModelPool
+from bot.models.runtime import ChatModel
 from bot.privacy import mask_personal_data
 from bot.store import Store
 from bot.wordfilter import WordFilter
 
 log = logging.getLogger(__name__)
 MESSAGES = Counter("bot_messages", "Messages handled", ["channel", "outcome"])
-LATENCY = Histogram("bot_answer_seconds", "Time from message to reply", ["cached"],
-                    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30))
+BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30)
+LATENCY = Histogram("bot_answer_seconds", "Time from message to reply", ["cached"], buckets=BUCKETS)
+STEP_SECONDS = Histogram("bot_step_seconds", "Time spent in each pipeline step", ["step"], buckets=BUCKETS)
 RESET_COMMANDS = {"/reset", "reset"}
 TEMPLATE_TOKENS = 5  # ChatML around one message: <|im_start|> role \n ... <|im_end|> \n
 
 
 class Replies:
-    """Canned replies, in the customer's script where it is Chinese."""
-
-    @staticmethod
-    def pick(text: str, en: str, zh: str) -> str:
-        return zh if any("\u4e00" <= ch <= "\u9fff" for ch in text) else en
+    """Canned replies, (English, Chinese): in the customer's script where it is Chinese."""
 
     EMPTY = ("Please type your question.", "请输入您的问题。")
-    TOO_LONG = ("Your message is too long for me. Please send a shorter question.", "您的消息太长了,请发送更简短的问题。")
-    BLOCKED = ("Sorry, I can't help with that. A human agent can take it from here.", "抱歉,这个问题我无法回答,人工客服会为您处理。")
-    FALLBACK = ("Sorry, I can't answer right now. Please try again in a moment or ask for a human agent.",
-                "抱歉,我暂时无法回答,请稍后再试或联系人工客服。")
+    TOO_LONG = (
+        "Your message is too long for me. Please send a shorter question.",
+        "您的消息太长了,请发送更简短的问题。",
+    )
+    BLOCKED = (
+        "Sorry, I can't help with that. A human agent can take it from here.",
+        "抱歉,这个问题我无法回答,人工客服会为您处理。",
+    )
+    FALLBACK = (
+        "Sorry, I can't answer right now. Please try again in a moment or ask for a human agent.",
+        "抱歉,我暂时无法回答,请稍后再试或联系人工客服。",
+    )
     RESET = ("Started a new conversation.", "已开始新的对话。")
 
 
 @dataclass
-class Turn:
+class WorkingTurn:
+    """One message on its way through the steps (what the store keeps afterwards is a `StoredTurn`)."""
+
     message: UserMessage
     text: str
     started: float = field(default_factory=time.perf_counter)
@@ -66,62 +79,73 @@ class Turn:
     done: bool = False
     turn_id: int | None = None
 
+    @property
+    def settled(self) -> bool:
+        return self.answer is not None
+
     def settle(self, answer: str, outcome: str) -> None:
-        self.answer, self.outcome = answer, outcome
+        """Give the turn its answer, unless an earlier step already did."""
+        if self.answer is None:
+            self.answer, self.outcome = answer, outcome
 
-
+    def canned(self, reply: tuple[str, str], outcome: str) -> None:
+        self.settle(pick_language(reply, self.message.text), outcome)
 
 
 @dataclass
-class Context:
-    """What the steps share: the store, the model pool and the settings they need."""
+class StepDeps:
+    """What the steps depend on: the store, the models, the filter, the cache and the settings."""
+
     store: Store
     models: ModelPool
     words: WordFilter
     cache: AnswerCache
-    system_prompt: str
-    context_tokens: int
-    max_new_tokens: int
-    max_chars: int
-    idle: timedelta
-    registry_poll_s: float = 2.0
+    settings: BotSettings
 
 
 class Step:
     """One named stage of the pipeline; it reads and updates the turn."""
-    name = "step"
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+    name: ClassVar[str] = "step"
+    makes_answer: ClassVar[bool] = False  # True: skipped once an earlier step settled the answer
 
-    async def __call__(self, turn: Turn) -> None:
+    def __init__(self, deps: StepDeps) -> None:
+        self.deps = deps
+
+    async def __call__(self, turn: WorkingTurn) -> None:
         raise NotImplementedError
 
 
-def _reply(turn: Turn, canned: tuple[str, str]) -> str:
-    return Replies.pick(turn.message.text, *canned)
-
-
 class CheckInput(Step):
+    """Clean the text; an empty message ends the turn, `/reset` starts a new session, an overlong
+    one is cut (and answered with a request to be brief)."""
+
     name = "check_input"
 
-    async def __call__(self, turn: Turn) -> None:
+    async def __call__(self, turn: WorkingTurn) -> None:
         # Control characters (other than newlines and tabs) carry nothing a customer meant to say.
         turn.text = "".join(ch for ch in turn.text if ch in "\n\t" or unicodedata.category(ch)[0] != "C").strip()
+        limit = self.deps.settings.max_message_chars
         if not turn.text:
-            turn.settle(_reply(turn, Replies.EMPTY), "empty")
+            turn.canned(Replies.EMPTY, "empty")
             turn.done = True
-        elif len(turn.text) > self.ctx.max_chars:
-            turn.settle(_reply(turn, Replies.TOO_LONG), "too_long")
-            turn.text = turn.text[: self.ctx.max_chars]
+        elif turn.text.casefold() in RESET_COMMANDS:
+            msg = turn.message
+            turn.session = await self.deps.store.new_session(msg.channel, msg.conversation_id)
+            turn.canned(Replies.RESET, "reset")
+            turn.done = True
+        elif len(turn.text) > limit:
+            turn.canned(Replies.TOO_LONG, "too_long")
+            turn.text = turn.text[:limit]
 
 
 class Deduplicate(Step):
     """A message seen before (a platform redelivery) gets the answer it already got, once stored."""
+
     name = "deduplicate"
 
-    async def __call__(self, turn: Turn) -> None:
-        earlier = await self.ctx.store.turn_for_message(turn.message.channel, turn.message.message_id)
+    async def __call__(self, turn: WorkingTurn) -> None:
+        earlier = await self.deps.store.turn_for_message(turn.message.channel, turn.message.message_id)
         if earlier:
             turn.settle(earlier.answer, earlier.outcome)
             turn.turn_id, turn.cached, turn.duplicate, turn.done = earlier.id, earlier.cached, True, True
@@ -131,68 +155,72 @@ class Deduplicate(Step):
 class MaskPersonalData(Step):
     name = "mask_personal_data"
 
-    async def __call__(self, turn: Turn) -> None:
+    async def __call__(self, turn: WorkingTurn) -> None:
         turn.text = mask_personal_data(turn.text)
 
 
 class InputFilter(Step):
     name = "input_filter"
 
-    async def __call__(self, turn: Turn) -> None:
-        verdict = self.ctx.words.check(turn.text)
+    async def __call__(self, turn: WorkingTurn) -> None:
+        verdict = self.deps.words.check(turn.text)
         turn.text = verdict.text
-        if verdict.blocked and turn.answer is None:
-            turn.settle(_reply(turn, Replies.BLOCKED), "blocked")
+        if verdict.blocked:
+            turn.canned(Replies.BLOCKED, "blocked")
         if verdict.categories:
-            await self.ctx.store.audit(turn.message.sender, "input_filtered", categories=sorted(verdict.categories),
-                                       blocked=verdict.blocked, message_id=turn.message.message_id)
+            await self.deps.store.audit(
+                turn.message.sender,
+                "input_filtered",
+                categories=sorted(verdict.categories),
+                blocked=verdict.blocked,
+                message_id=turn.message.message_id,
+            )
 
 
 class BuildContext(Step):
-    """System prompt plus the latest turns of this session that fit the token budget."""
-    name = "build_context"
+    """The session's model, and the system prompt plus the latest turns of this session that fit the
+    token budget."""
 
-    async def __call__(self, turn: Turn) -> None:
-        msg, store = turn.message, self.ctx.store
-        if turn.text.casefold() in RESET_COMMANDS:
-            turn.session = await store.new_session(msg.channel, msg.conversation_id)
-            turn.settle(_reply(turn, Replies.RESET), "reset")
-            turn.done = True
-            return
-        turn.session = await store.session_for(msg.channel, msg.conversation_id, self.ctx.idle)
-        if turn.answer is not None:
-            return
-        turn.variant, turn.model = self.ctx.models.pick(msg.sender)
+    name = "build_context"
+    makes_answer = True
+
+    async def __call__(self, turn: WorkingTurn) -> None:
+        msg, store, settings = turn.message, self.deps.store, self.deps.settings
+        turn.session = await store.session_for(msg.channel, msg.conversation_id, settings.session_idle)
+        turn.variant, turn.model = self.deps.models.pick(msg.sender)
         model = turn.model
         turn.model_version = model.version
-        budget = min(self.ctx.context_tokens, model.max_positions - self.ctx.max_new_tokens)
-        system = [{"role": "system", "content": self.ctx.system_prompt}]
+        budget = min(settings.context_tokens, model.max_positions - settings.max_new_tokens)
         question = [{"role": "user", "content": turn.text}]
-        if len(model.prompt_ids(system + question)) > budget:
-            turn.settle(_reply(turn, Replies.TOO_LONG), "too_long")
+        used = len(model.prompt_ids(with_system(settings.system_prompt, question)))
+        if used > budget:
+            turn.canned(Replies.TOO_LONG, "too_long")
             return
         # Each earlier turn is counted once (its texts plus the template's tokens around them), newest
         # first; re-rendering the whole prompt per turn would make long conversations quadratic.
-        used = len(model.prompt_ids(system + question))
         history: list[dict[str, str]] = []
         for past in reversed(await store.history(msg.channel, msg.conversation_id, turn.session)):
             cost = model.count_tokens(past.user_text) + model.count_tokens(past.answer) + 2 * TEMPLATE_TOKENS
             if used + cost > budget:
                 break
             used += cost
-            history = [{"role": "user", "content": past.user_text}, {"role": "assistant", "content": past.answer}] + history
-        while history and len(model.prompt_ids(system + history + question)) > budget:
+            history = [
+                {"role": "user", "content": past.user_text},
+                {"role": "assistant", "content": past.answer},
+            ] + history
+        while history and len(model.prompt_ids(with_system(settings.system_prompt, history + question))) > budget:
             history = history[2:]  # the estimate fell short: the exact count decides
-        turn.prompt = system + history + question
+        turn.prompt = with_system(settings.system_prompt, history + question)
         turn.context_free = not history
 
 
 class CachedAnswer(Step):
     name = "answer_cache"
+    makes_answer = True
 
-    async def __call__(self, turn: Turn) -> None:
-        if turn.answer is None and turn.context_free and turn.model:
-            answer = self.ctx.cache.get(turn.text, turn.model.version)
+    async def __call__(self, turn: WorkingTurn) -> None:
+        if turn.context_free and turn.model:
+            answer = self.deps.cache.get(turn.text, turn.model.version)
             if answer is not None:
                 turn.settle(answer, "answered")
                 turn.cached = True
@@ -200,90 +228,139 @@ class CachedAnswer(Step):
 
 class GenerateAnswer(Step):
     name = "model"
+    makes_answer = True
 
-    async def __call__(self, turn: Turn) -> None:
-        if turn.answer is not None or turn.model is None:
-            return
+    async def __call__(self, turn: WorkingTurn) -> None:
+        model = turn.model
+        assert model is not None  # build_context picked it
         try:
-            answer = await self.ctx.models.generate(turn.model, turn.prompt)
+            answer = await self.deps.models.generate(model, turn.prompt)
         except asyncio.TimeoutError:
-            log.warning("model %s timed out on %s", turn.model.version, turn.message.message_id)
+            log.warning("model %s timed out on %s", model.version, turn.message.message_id)
             answer = ""
         except Exception:
-            log.exception("model %s failed on %s", turn.model.version, turn.message.message_id)
+            log.exception("model %s failed on %s", model.version, turn.message.message_id)
             answer = ""
         if not answer:
-            turn.settle(_reply(turn, Replies.FALLBACK), "fallback")
+            turn.canned(Replies.FALLBACK, "fallback")
             return
         turn.settle(answer, "answered")
         if turn.context_free:
-            self.ctx.cache.put(turn.text, turn.model.version, answer)
+            self.deps.cache.put(turn.text, model.version, answer)
 
 
 class OutputFilter(Step):
+    """Only answers from the model (or the cache) are checked: canned replies are the shop's own."""
+
     name = "output_filter"
 
-    async def __call__(self, turn: Turn) -> None:
+    async def __call__(self, turn: WorkingTurn) -> None:
         if turn.outcome != "answered" or turn.answer is None:
             return
-        verdict = self.ctx.words.check(turn.answer)
+        verdict = self.deps.words.check(turn.answer)
         if verdict.blocked:
-            turn.settle(_reply(turn, Replies.BLOCKED), "blocked")
+            turn.answer, turn.outcome = pick_language(Replies.BLOCKED, turn.message.text), "blocked"
         else:
             turn.answer = verdict.text
         if verdict.categories:
-            await self.ctx.store.audit("bot", "output_filtered", categories=sorted(verdict.categories),
-                                       blocked=verdict.blocked, message_id=turn.message.message_id)
+            await self.deps.store.audit(
+                "bot",
+                "output_filtered",
+                categories=sorted(verdict.categories),
+                blocked=verdict.blocked,
+                message_id=turn.message.message_id,
+            )
 
 
 class Persist(Step):
     name = "persist"
 
-    async def __call__(self, turn: Turn) -> None:
+    async def __call__(self, turn: WorkingTurn) -> None:
         msg = turn.message
-        version = turn.model_version or self.ctx.models.version_of("current")
+        if not turn.session:  # build_context did not run: the answer was settled before it
+            turn.session = await self.deps.store.session_for(
+                msg.channel, msg.conversation_id, self.deps.settings.session_idle
+            )
+        version = turn.model_version or self.deps.models.version_of("current")
         try:
-            turn.turn_id = await self.ctx.store.add_turn(
-                channel=msg.channel, conversation_id=msg.conversation_id, session=turn.session, user_id=msg.user_id,
-                message_id=msg.message_id, user_text=turn.text, answer=turn.answer or "", model_version=version,
-                variant=turn.variant, latency_ms=(time.perf_counter() - turn.started) * 1000, cached=turn.cached,
-                outcome=turn.outcome)
+            turn.turn_id = await self.deps.store.add_turn(
+                channel=msg.channel,
+                conversation_id=msg.conversation_id,
+                session=turn.session,
+                user_id=msg.user_id,
+                message_id=msg.message_id,
+                user_text=turn.text,
+                answer=turn.answer or "",
+                model_version=version,
+                variant=turn.variant,
+                latency_ms=(time.perf_counter() - turn.started) * 1000,
+                cached=turn.cached,
+                outcome=turn.outcome,
+            )
         except sqlite3.IntegrityError:  # the same message raced in twice: keep the first answer
-            earlier = await self.ctx.store.turn_for_message(msg.channel, msg.message_id)
+            earlier = await self.deps.store.turn_for_message(msg.channel, msg.message_id)
             assert earlier is not None
-            turn.settle(earlier.answer, earlier.outcome)
+            turn.answer, turn.outcome = earlier.answer, earlier.outcome
             turn.turn_id, turn.duplicate = earlier.id, True
 
 
-STEPS: tuple[type[Step], ...] = (CheckInput, Deduplicate, MaskPersonalData, InputFilter, BuildContext, CachedAnswer,
-                           GenerateAnswer, OutputFilter, Persist)
+STEPS: tuple[type[Step], ...] = (
+    CheckInput,
+    Deduplicate,
+    MaskPersonalData,
+    InputFilter,
+    BuildContext,
+    CachedAnswer,
+    GenerateAnswer,
+    OutputFilter,
+    Persist,
+)
+# Called after every step that ran, with the step's name, its time in seconds and the turn.
+StepObserver = Callable[[str, float, WorkingTurn], None]
+
+
+def record_step_metrics(name: str, seconds: float, turn: WorkingTurn) -> None:
+    STEP_SECONDS.labels(name).observe(seconds)
 
 
 class DialogueManager:
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.steps: list[Step] = [cls(ctx) for cls in STEPS]
+    def __init__(self, deps: StepDeps, observers: list[StepObserver] | None = None) -> None:
+        self.deps = deps
+        self.steps: list[Step] = [cls(deps) for cls in STEPS]
+        self.observers: list[StepObserver] = [record_step_metrics, *(observers or [])]
 
     async def handle(self, message: UserMessage) -> BotReply:
-        turn = Turn(message, message.text)
+        turn = WorkingTurn(message, message.text)
         for step in self.steps:
+            if step.makes_answer and turn.settled:
+                continue
+            began = time.perf_counter()
             await step(turn)
+            seconds = time.perf_counter() - began
+            for observe in self.observers:
+                observe(step.name, seconds, turn)
             if turn.done:
                 break
         MESSAGES.labels(message.channel, "duplicate" if turn.duplicate else turn.outcome).inc()
         LATENCY.labels(str(turn.cached).lower()).observe(time.perf_counter() - turn.started)
-        version = turn.model_version or self.ctx.models.version_of("current")
-        return BotReply(text=turn.answer or "", turn_id=turn.turn_id, cached=turn.cached, model_version=version,
-                        duplicate=turn.duplicate)
+        version = turn.model_version or self.deps.models.version_of("current")
+        return BotReply(
+            text=turn.answer or "",
+            turn_id=turn.turn_id,
+            cached=turn.cached,
+            model_version=version,
+            duplicate=turn.duplicate,
+        )
 
     async def follow_registry(self) -> None:
         """Pick up promoted versions without a restart; answers in flight keep their model."""
         while True:
-            await asyncio.sleep(self.ctx.registry_poll_s)
+            await asyncio.sleep(self.deps.settings.registry_poll_s)
             try:
-                if await self.ctx.models.refresh():
-                    self.ctx.cache.clear()
-                    log.info("model changed to %s; answer cache emptied", self.ctx.models.version_of("current"))
+                if await self.deps.models.refresh():
+                    self.deps.cache.clear()
+                    log.info("model changed to %s; answer cache emptied", self.deps.models.version_of("current"))
             except Exception:
-                log.exception("could not load the registry's new model; still serving %s",
-                              self.ctx.models.version_of("current"))
+                log.exception(
+                    "could not load the registry's new model; still serving %s", self.deps.models.version_of("current")
+                )

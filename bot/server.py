@@ -1,40 +1,42 @@
-"""The bot's one HTTP server: the HTTP API plus the channels' routes (Slack events, Telegram
-webhook), the channels' background work, and following the model registry."""
+"""The bot's one HTTP server: the channels' routes (HTTP API, Slack events, Telegram webhook), the
+channels' background work, and following the model registry."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
-from bot.app import MAX_REQUEST_BYTES, Bot, Channel, build_bot
-from bot.config import BotSettings, SlackSettings, TelegramSettings, load_slack, load_telegram
+from bot.app import Bot
 
 log = logging.getLogger(__name__)
+# Request bodies up to this size reach the handlers, which answer oversize text with a JSON error.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
-def channels_for(bot: Bot, telegram: TelegramSettings, slack: SlackSettings) -> list[Channel]:
-    from adapters.http import HttpChannel
+class Channel(Protocol):
+    """What the server needs of a channel: its routes, and start/stop of its background work."""
 
-    channels: list[Channel] = [HttpChannel(bot)]
-    if telegram.enabled:
-        from adapters.telegram import TelegramChannel
+    @property
+    def name(self) -> str: ...
 
-        channels.append(TelegramChannel(bot, telegram))
-    if slack.enabled:
-        from adapters.slack import SlackChannel
+    def add_routes(self, app: web.Application) -> None: ...
 
-        channels.append(SlackChannel(bot, slack))
-    return channels
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
 class RunningServer:
     bot: Bot
-    channels: list[Channel]
+    channels: Sequence[Channel]
     runner: web.AppRunner
-    follower: asyncio.Task
+    follower: asyncio.Task[None]
     port: int
 
     async def stop(self) -> None:
@@ -45,23 +47,23 @@ class RunningServer:
         await self.bot.close()
 
 
-async def start_server(settings: BotSettings, telegram: TelegramSettings | None = None,
-                       slack: SlackSettings | None = None) -> RunningServer:
-    bot = await build_bot(settings)
-    channels = channels_for(bot, telegram or load_telegram(), slack or load_slack())
+async def start_server(bot: Bot, channels: Sequence[Channel]) -> RunningServer:
+    """Serve `channels` on the configured address; on failure the port and the store are released."""
+    settings = bot.settings
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     for channel in channels:
         channel.add_routes(app)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
-    await site.start()
-    port = runner.addresses[0][1]  # the real port, also when 0 asked for any free one
-    log.info("listening on http://%s:%d (channels: %s)", settings.http_host, port, ", ".join(c.name for c in channels))
     try:
+        await runner.setup()
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        port = runner.addresses[0][1]  # the real port, also when 0 asked for any free one
+        log.info(
+            "listening on http://%s:%d (channels: %s)", settings.http_host, port, ", ".join(c.name for c in channels)
+        )
         for channel in channels:
             await channel.start()
-    except BaseException:  # e.g. a platform unreachable at boot: release the port and the store
+    except BaseException:  # e.g. a platform unreachable at boot
         await runner.cleanup()
         await bot.close()
         raise

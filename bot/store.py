@@ -2,17 +2,27 @@
 
 Every write commits before the caller acknowledges anything, so a restart loses nothing acknowledged.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import aiosqlite
 
 from bot.message import utcnow
+
+DB_FILE = "bot.sqlite3"
+
+
+def database_path(data_dir: Path) -> Path:
+    """Where the store of a data directory lives (the bot and the tuning commands share it)."""
+    return Path(data_dir) / DB_FILE
+
 
 # Append-only: each entry moves the schema one version up (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -80,11 +90,19 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (channel, key)
     );
     """,
+    # Events that keep failing are retried a bounded number of times, then set aside (dead letters).
+    """
+    ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox ADD COLUMN last_error TEXT;
+    ALTER TABLE inbox ADD COLUMN dead_at TEXT;
+    """,
 ]
 
 
 @dataclass(frozen=True)
-class Turn:
+class StoredTurn:
+    """A turn as the store keeps it (the pipeline's working turn is `pipeline.WorkingTurn`)."""
+
     id: int
     channel: str
     conversation_id: str
@@ -106,7 +124,7 @@ class Store:
         self._db = db
 
     @classmethod
-    async def open(cls, path: Path | str) -> "Store":
+    async def open(cls, path: Path | str) -> Store:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(str(path))
         db.row_factory = aiosqlite.Row
@@ -122,7 +140,8 @@ class Store:
         await self._db.close()
 
     async def _migrate(self) -> None:
-        (version,) = await (await self._db.execute("PRAGMA user_version")).fetchone()
+        row = await self._fetchone("PRAGMA user_version", ())
+        version = int(row[0]) if row else 0
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
 
@@ -158,6 +177,7 @@ class Store:
         row = await self._fetchone(
             "SELECT session FROM conversations WHERE channel=? AND conversation_id=?", (channel, conversation_id)
         )
+        assert row is not None  # just written
         return int(row["session"])
 
     # --- turns ----------------------------------------------------------------------------------
@@ -168,17 +188,18 @@ class Store:
         names = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         cursor = await self._write(f"INSERT INTO turns ({names}) VALUES ({marks})", tuple(fields.values()))
-        return int(cursor.lastrowid)
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
-    async def turn(self, turn_id: int) -> Turn | None:
+    async def turn(self, turn_id: int) -> StoredTurn | None:
         row = await self._fetchone("SELECT * FROM turns WHERE id=?", (turn_id,))
         return _turn(row) if row else None
 
-    async def turn_for_message(self, channel: str, message_id: str) -> Turn | None:
+    async def turn_for_message(self, channel: str, message_id: str) -> StoredTurn | None:
         row = await self._fetchone("SELECT * FROM turns WHERE channel=? AND message_id=?", (channel, message_id))
         return _turn(row) if row else None
 
-    async def history(self, channel: str, conversation_id: str, session: int, limit: int = 50) -> list[Turn]:
+    async def history(self, channel: str, conversation_id: str, session: int, limit: int = 50) -> list[StoredTurn]:
         """Answered turns of one session, oldest first."""
         rows = await self._fetchall(
             "SELECT * FROM (SELECT * FROM turns WHERE channel=? AND conversation_id=? AND session=? "
@@ -187,20 +208,23 @@ class Store:
         )
         return [_turn(r) for r in rows]
 
-    async def latest_turn(self, channel: str, conversation_id: str) -> Turn | None:
+    async def latest_turn(self, channel: str, conversation_id: str) -> StoredTurn | None:
         """The conversation's most recent turn, in any session (None: the bot never answered there)."""
         row = await self._fetchone(
             "SELECT * FROM turns WHERE channel=? AND conversation_id=? ORDER BY id DESC LIMIT 1",
-            (channel, conversation_id))
+            (channel, conversation_id),
+        )
         return _turn(row) if row else None
 
-    async def session_turns(self, channel: str, conversation_id: str, session: int, before_id: int) -> list[Turn]:
+    async def session_turns(self, channel: str, conversation_id: str, session: int, before_id: int) -> list[StoredTurn]:
         rows = await self._fetchall(
             "SELECT * FROM turns WHERE channel=? AND conversation_id=? AND session=? AND id<? AND outcome='answered' "
-            "ORDER BY id", (channel, conversation_id, session, before_id))
+            "ORDER BY id",
+            (channel, conversation_id, session, before_id),
+        )
         return [_turn(r) for r in rows]
 
-    async def turns(self) -> list[Turn]:
+    async def turns(self) -> list[StoredTurn]:
         return [_turn(r) for r in await self._fetchall("SELECT * FROM turns ORDER BY id", ())]
 
     # --- platform message ids of answers, so reactions find their turn ---------------------------
@@ -213,8 +237,10 @@ class Store:
 
     async def answer_was_sent(self, channel: str, chat_id: str, turn_id: int) -> bool:
         """Whether a message of this answer is already in the chat (a replay must not send it again)."""
-        row = await self._fetchone("SELECT 1 FROM answer_messages WHERE channel=? AND chat_id=? AND turn_id=?",
-                                   (channel, str(chat_id), turn_id))
+        row = await self._fetchone(
+            "SELECT 1 FROM answer_messages WHERE channel=? AND chat_id=? AND turn_id=?",
+            (channel, str(chat_id), turn_id),
+        )
         return row is not None
 
     async def turn_for_answer_message(self, channel: str, chat_id: str, message_id: str) -> int | None:
@@ -237,10 +263,11 @@ class Store:
         )
 
     async def ratings(self, turn_id: int | None = None) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM ratings", ()
-        if turn_id is not None:
-            sql, args = sql + " WHERE turn_id=?", (turn_id,)
-        return [dict(r) for r in await self._fetchall(sql + " ORDER BY created_at", args)]
+        if turn_id is None:
+            rows = await self._fetchall("SELECT * FROM ratings ORDER BY created_at", ())
+        else:
+            rows = await self._fetchall("SELECT * FROM ratings WHERE turn_id=? ORDER BY created_at", (turn_id,))
+        return [dict(r) for r in rows]
 
     async def add_correction(self, turn_id: int, rater: str, text: str) -> None:
         await self._write(
@@ -275,11 +302,33 @@ class Store:
     async def inbox_done(self, channel: str, key: str) -> None:
         await self._write("UPDATE inbox SET done_at=? WHERE channel=? AND key=?", (utcnow().isoformat(), channel, key))
 
+    async def inbox_failed(self, channel: str, key: str, error: str, max_attempts: int) -> tuple[int, bool]:
+        """Count a failed attempt; at `max_attempts` the event is set aside for good (a dead letter).
+        Returns the attempts so far and whether the event is now dead."""
+        await self._write(
+            "UPDATE inbox SET attempts=attempts+1, last_error=?, "
+            "dead_at=CASE WHEN attempts+1 >= ? THEN ? ELSE NULL END WHERE channel=? AND key=?",
+            (error[:500], max_attempts, utcnow().isoformat(), channel, key),
+        )
+        row = await self._fetchone("SELECT attempts, dead_at FROM inbox WHERE channel=? AND key=?", (channel, key))
+        return (int(row["attempts"]), row["dead_at"] is not None) if row else (0, False)
+
     async def inbox_pending(self, channel: str) -> list[tuple[str, dict[str, Any]]]:
+        """Events recorded but neither done nor dead, oldest first."""
         rows = await self._fetchall(
-            "SELECT key, payload FROM inbox WHERE channel=? AND done_at IS NULL ORDER BY received_at", (channel,)
+            "SELECT key, payload FROM inbox WHERE channel=? AND done_at IS NULL AND dead_at IS NULL "
+            "ORDER BY received_at",
+            (channel,),
         )
         return [(r["key"], json.loads(r["payload"])) for r in rows]
+
+    async def inbox_dead(self, channel: str) -> list[dict[str, Any]]:
+        rows = await self._fetchall(
+            "SELECT key, attempts, last_error, dead_at FROM inbox WHERE channel=? AND dead_at IS NOT NULL "
+            "ORDER BY received_at",
+            (channel,),
+        )
+        return [dict(r) for r in rows]
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -295,7 +344,7 @@ class Store:
         return list(await (await self._db.execute(sql, tuple(args))).fetchall())
 
 
-def _turn(row: aiosqlite.Row) -> Turn:
+def _turn(row: aiosqlite.Row) -> StoredTurn:
     values = dict(row)
     values["cached"] = bool(values["cached"])
-    return Turn(**values)
+    return StoredTurn(**values)

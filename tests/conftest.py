@@ -1,27 +1,29 @@
 """Shared fixtures. The starter model is built once (seeded) and copied into each test's own data
 directory, so tests never share a SQLite file or a registry. The build is kept in .venv, keyed by a
 hash of the data and the training code, so a second `make test` on the same checkout skips it."""
+
 from __future__ import annotations
 
 import hashlib
 import shutil
 import tempfile
-import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
-from bot.config import BotSettings, SlackSettings, TelegramSettings
-from bot.server import RunningServer, start_server
+from bot.__main__ import start
+from bot.config import BotSettings
+from bot.server import RunningServer
+from tests.support import ROOT, SYSTEM_PROMPT, make_settings
 from tuning.bootstrap import bootstrap
 
-SYSTEM_PROMPT = BotSettings(_env_file=None).system_prompt
-
-
-ROOT = Path(__file__).resolve().parent.parent
-STARTER_INPUTS = [*sorted((ROOT / "data").rglob("*.*")), ROOT / "tuning/bootstrap.py", ROOT / "tuning/train.py",
-                  ROOT / "tuning/export.py"]
+# What the starter model is built from: the data, the trainer and the model layer.
+STARTER_INPUTS = [
+    *sorted((ROOT / "data").rglob("*.*")),
+    *sorted((ROOT / "tuning").glob("*.py")),
+    *sorted((ROOT / "bot" / "models").glob("*.py")),
+]
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +50,6 @@ def data_dir(starter_dir: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def make_settings(data_dir: Path, **overrides: object) -> BotSettings:
-    values: dict[str, object] = dict(data_dir=data_dir, http_port=0, agent_ids="http:alice", registry_poll_s=0.2)
-    return BotSettings(_env_file=None, **(values | overrides))
-
-
 @pytest.fixture
 def settings(data_dir: Path) -> BotSettings:
     return make_settings(data_dir)
@@ -60,12 +57,6 @@ def settings(data_dir: Path) -> BotSettings:
 
 @pytest.fixture
 async def server(settings: BotSettings) -> AsyncIterator[RunningServer]:
-    running = await start_server(settings, TelegramSettings(_env_file=None), SlackSettings(_env_file=None))
+    running = await start(settings, {})
     yield running
     await running.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -1,4 +1,5 @@
 """The real command lines, as a new user runs them."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-ORDER_Q, ORDER_A = "我的订单什么时候到?", "您可通过订单号在'我的订单'页面查询物流信息"
+from tests.support import ORDER_A, ORDER_Q, free_port
 
 
 def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -39,8 +37,14 @@ def wait_healthy(port: int, proc: subprocess.Popen, seconds: float = 90) -> dict
 
 def test_bot_run_serves_the_http_api(data_dir: Path, tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, env=env_for(data_dir, BOT_HTTP_PORT=str(port)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run"],
+        cwd=tmp_path,
+        env=env_for(data_dir, BOT_HTTP_PORT=str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_healthy(port, proc)["model_version"] == "v0001"
         reply = http_json(f"http://127.0.0.1:{port}/chat", {"conversation_id": "c", "user_id": "u", "text": ORDER_Q})
@@ -52,13 +56,26 @@ def test_bot_run_serves_the_http_api(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_a_wrong_setting_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "bot", "run"], cwd=tmp_path, capture_output=True, text=True,
-                            env=env_for(tmp_path, BOT_HTTP_PORT="eighty"), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env_for(tmp_path, BOT_HTTP_PORT="eighty"),
+        timeout=120,
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("config error: BOT_HTTP_PORT:")
 
 
 def test_bot_chat_in_the_terminal(data_dir: Path, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "bot", "chat"], cwd=tmp_path, input=f"{ORDER_Q}\n", capture_output=True,
-                            text=True, env=env_for(data_dir), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "chat"],
+        cwd=tmp_path,
+        input=f"{ORDER_Q}\n",
+        capture_output=True,
+        text=True,
+        env=env_for(data_dir),
+        timeout=120,
+    )
     assert result.returncode == 0 and f"bot> {ORDER_A}" in result.stdout

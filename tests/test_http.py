@@ -1,37 +1,34 @@
 """End to end through the HTTP API: real server on 127.0.0.1, real starter model, real SQLite."""
+
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
 import pytest
 
 from bot.server import RunningServer
-
-ORDER_Q, ORDER_A = "我的订单什么时候到?", "您可通过订单号在'我的订单'页面查询物流信息"
-
-
-async def post(server: RunningServer, path: str, body: Any) -> tuple[int, dict]:
-    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{server.port}{path}", data=data) as resp:
-            return resp.status, await resp.json()
+from tests.support import ORDER_A, ORDER_Q, post
 
 
 async def test_chat_answers_from_the_starter_model_and_caches(server: RunningServer) -> None:
     status, first = await post(server, "/chat", {"conversation_id": "c1", "user_id": "u1", "text": ORDER_Q})
     assert status == 200 and first["answer"] == ORDER_A and not first["cached"] and first["model_version"] == "v0001"
     # Another conversation, full-width question mark: the same normalised question, served from the cache.
-    status, second = await post(server, "/chat", {"conversation_id": "c2", "user_id": "u2", "text": "我的订单什么时候到？"})
+    status, second = await post(
+        server, "/chat", {"conversation_id": "c2", "user_id": "u2", "text": "我的订单什么时候到？"}
+    )
     assert second["answer"] == ORDER_A and second["cached"] and second["turn_id"] != first["turn_id"]
     assert server.bot.cache.hits == 1
 
 
 async def test_feedback_rates_and_corrects(server: RunningServer) -> None:
     _, chat = await post(server, "/chat", {"conversation_id": "c1", "user_id": "u1", "text": "如何退换货?"})
-    status, body = await post(server, "/feedback", {"turn_id": chat["turn_id"], "rating": -1, "rater": "alice",
-                                                    "correction": "7天内可无理由退货"})
+    status, body = await post(
+        server,
+        "/feedback",
+        {"turn_id": chat["turn_id"], "rating": -1, "rater": "alice", "correction": "7天内可无理由退货"},
+    )
     assert status == 200 and body == {"turn_id": chat["turn_id"], "correction": "stored", "role": "agent"}
     status, body = await post(server, "/feedback", {"turn_id": chat["turn_id"], "rating": 1, "rater": "u1"})
     assert body["role"] == "customer"
@@ -40,31 +37,39 @@ async def test_feedback_rates_and_corrects(server: RunningServer) -> None:
     assert [c["text"] for c in await server.bot.store.corrections()] == ["7天内可无理由退货"]
 
 
-@pytest.mark.parametrize("body, status, error", [
-    ("{not json", 400, "not valid JSON"),
-    ([1, 2], 422, "body"),
-    ({"conversation_id": "c", "user_id": "u"}, 422, "text: Field required"),
-    ({"conversation_id": 5, "user_id": "u", "text": "hi"}, 422, "conversation_id: Input should be a valid string"),
-    ({"conversation_id": "c", "user_id": "u", "text": "   \n"}, 400, "text is empty"),
-    ({"conversation_id": "c", "user_id": "u", "text": "x" * 1_000_000}, 413, "longer than"),
-    ({"conversation_id": "c", "user_id": "u", "text": "hi", "extra": 1}, 422, "extra"),
-])
-async def test_bad_chat_requests_get_clear_errors_and_write_nothing(server: RunningServer, body: Any, status: int,
-                                                                     error: str) -> None:
+@pytest.mark.parametrize(
+    "body, status, error",
+    [
+        ("{not json", 400, "not valid JSON"),
+        ([1, 2], 422, "body"),
+        ({"conversation_id": "c", "user_id": "u"}, 422, "text: Field required"),
+        ({"conversation_id": 5, "user_id": "u", "text": "hi"}, 422, "conversation_id: Input should be a valid string"),
+        ({"conversation_id": "c", "user_id": "u", "text": "   \n"}, 400, "text is empty"),
+        ({"conversation_id": "c", "user_id": "u", "text": "x" * 1_000_000}, 413, "longer than"),
+        ({"conversation_id": "c", "user_id": "u", "text": "hi", "extra": 1}, 422, "extra"),
+    ],
+)
+async def test_bad_chat_requests_get_clear_errors_and_write_nothing(
+    server: RunningServer, body: Any, status: int, error: str
+) -> None:
     got, reply = await post(server, "/chat", body)
     assert got == status and error in reply["error"]
     assert await server.bot.store.turns() == []
 
 
-@pytest.mark.parametrize("body, status, error", [
-    ({"turn_id": 999, "rating": 1, "rater": "alice"}, 404, "no answer with turn_id 999"),
-    ({"turn_id": 1, "rating": 0, "rater": "alice"}, 422, "rating"),
-    ({"turn_id": 1, "rating": "up", "rater": "alice"}, 422, "rating"),
-    ({"turn_id": "1", "rating": 1, "rater": "alice"}, 422, "turn_id"),
-    ({"turn_id": 1, "rating": 1, "rater": "mallory", "correction": "anything"}, 403, "not an agent"),
-])
-async def test_bad_feedback_gets_clear_errors_and_writes_nothing(server: RunningServer, body: Any, status: int,
-                                                                  error: str) -> None:
+@pytest.mark.parametrize(
+    "body, status, error",
+    [
+        ({"turn_id": 999, "rating": 1, "rater": "alice"}, 404, "no answer with turn_id 999"),
+        ({"turn_id": 1, "rating": 0, "rater": "alice"}, 422, "rating"),
+        ({"turn_id": 1, "rating": "up", "rater": "alice"}, 422, "rating"),
+        ({"turn_id": "1", "rating": 1, "rater": "alice"}, 422, "turn_id"),
+        ({"turn_id": 1, "rating": 1, "rater": "mallory", "correction": "anything"}, 403, "not an agent"),
+    ],
+)
+async def test_bad_feedback_gets_clear_errors_and_writes_nothing(
+    server: RunningServer, body: Any, status: int, error: str
+) -> None:
     await post(server, "/chat", {"conversation_id": "c1", "user_id": "u1", "text": ORDER_Q})
     got, reply = await post(server, "/feedback", body)
     assert got == status and error in reply["error"]
@@ -72,7 +77,9 @@ async def test_bad_feedback_gets_clear_errors_and_writes_nothing(server: Running
 
 
 async def test_control_characters_are_dropped_not_fatal(server: RunningServer) -> None:
-    status, reply = await post(server, "/chat", {"conversation_id": "c", "user_id": "u", "text": "我的订单\x00\x07什么时候到?"})
+    status, reply = await post(
+        server, "/chat", {"conversation_id": "c", "user_id": "u", "text": "我的订单\x00\x07什么时候到?"}
+    )
     assert status == 200 and reply["answer"] == ORDER_A
 
 

@@ -1,4 +1,5 @@
 """The dialogue steps, each through the real DialogueManager with the real starter model."""
+
 from __future__ import annotations
 
 import uuid
@@ -6,9 +7,7 @@ import uuid
 from bot.app import Bot, build_bot
 from bot.message import UserMessage
 from bot.pipeline import STEPS
-from tests.conftest import make_settings
-
-ORDER_Q, ORDER_A = "我的订单什么时候到?", "您可通过订单号在'我的订单'页面查询物流信息"
+from tests.support import ORDER_A, ORDER_Q, make_settings
 
 
 def msg(text: str, conversation: str = "c1", message_id: str | None = None) -> UserMessage:
@@ -20,8 +19,17 @@ async def with_bot(data_dir, **overrides) -> Bot:
 
 
 def test_steps_run_in_the_documented_order() -> None:
-    assert [s.name for s in STEPS] == ["check_input", "deduplicate", "mask_personal_data", "input_filter", "build_context",
-                                       "answer_cache", "model", "output_filter", "persist"]
+    assert [s.name for s in STEPS] == [
+        "check_input",
+        "deduplicate",
+        "mask_personal_data",
+        "input_filter",
+        "build_context",
+        "answer_cache",
+        "model",
+        "output_filter",
+        "persist",
+    ]
 
 
 async def test_duplicate_message_gets_the_stored_answer_once(data_dir) -> None:
@@ -68,9 +76,17 @@ async def test_multi_turn_context_reset_and_token_budget(data_dir) -> None:
 
 async def test_history_never_overflows_the_budget(data_dir) -> None:
     bot = await with_bot(data_dir, context_tokens=120)
+    prompts: list[list[dict[str, str]]] = []
+    bot.dialogue.observers.append(
+        lambda step, _, turn: prompts.append(turn.prompt) if step == "build_context" else None
+    )
     for _ in range(6):
         await bot.dialogue.handle(msg("How do I reset my password? " * 3))
     model = bot.models.current
+    # Every prompt the model saw fitted the budget, and the later ones had to leave old turns out.
+    sizes = [len(model.prompt_ids(p)) for p in prompts]
+    assert len(sizes) == 6 and max(sizes) <= 120
+    assert len(prompts[-1]) < 2 + 2 * 5  # system, question and not all five earlier exchanges
     history = await bot.store.history("http", "c1", 1)
     assert len(history) == 6
     prompt = [{"role": "system", "content": bot.settings.system_prompt}]

@@ -1,5 +1,6 @@
 """Slack channel end to end: signed events over real HTTP to the bot's /slack/events, answers to a
 fake Slack Web API, both on 127.0.0.1."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,35 +9,46 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
-from adapters.slack import SlackChannel, split_text
-from bot.config import SlackSettings, TelegramSettings
-from bot.server import RunningServer, start_server
+from adapters.base import split_text
+from adapters.slack import SlackChannel
+from bot.__main__ import start
+from bot.config import SlackSettings
+from bot.server import RunningServer
+from bot.service import ChannelService
 from bot.store import Store
-from tests.conftest import make_settings
 from tests.fakes.slack_api import BOT_USER, FakeSlackApi
+from tests.support import ORDER_A as ANSWER
+from tests.support import ORDER_Q as QUESTION
+from tests.support import make_settings
 from tuning import dataset
 
 TOKEN = "xoxb-test-bot-token"
 SECRET = "test-signing-secret-123"
-QUESTION = "我的订单什么时候到?"
-ANSWER = "您可通过订单号在'我的订单'页面查询物流信息"
 AGENT, CUSTOMER = "UAGENT", "UCUST"
 DM, PUBLIC, AGENTS = "D100", "C200", "C300"
 
 
 def envelope(event: dict[str, Any], event_id: str) -> dict[str, Any]:
-    return {"token": "legacy", "team_id": "T1", "api_app_id": "A1", "type": "event_callback", "event_id": event_id,
-            "event_time": int(time.time()), "event": event,
-            "authorizations": [{"team_id": "T1", "user_id": BOT_USER, "is_bot": True}]}
+    return {
+        "token": "legacy",
+        "team_id": "T1",
+        "api_app_id": "A1",
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": int(time.time()),
+        "event": event,
+        "authorizations": [{"team_id": "T1", "user_id": BOT_USER, "is_bot": True}],
+    }
 
 
 class Slack:
@@ -50,10 +62,10 @@ class Slack:
         self._event_ids = itertools.count(1)
 
     async def start(self) -> None:
-        slack = SlackSettings(_env_file=None, bot_token=TOKEN, signing_secret=SECRET, api_base=self.api.url,
-                              **self.overrides)
-        self.server = await start_server(make_settings(self.data_dir, agent_ids=f"slack:{AGENT}"),
-                                         TelegramSettings(_env_file=None), slack)
+        slack = SlackSettings(
+            _env_file=None, bot_token=TOKEN, signing_secret=SECRET, api_base=self.api.url, **self.overrides
+        )
+        self.server = await start(make_settings(self.data_dir, agent_ids=f"slack:{AGENT}"), {"slack": slack})
 
     async def stop(self) -> None:
         if self.server:
@@ -72,13 +84,17 @@ class Slack:
     def ts(self) -> str:
         return f"1700000000.{next(self._ts):06d}"
 
-    async def post(self, body: str, age_s: float = 0, signature: str | None = None,
-                   retry: int | None = None) -> tuple[int, str]:
+    async def post(
+        self, body: str, age_s: float = 0, signature: str | None = None, retry: int | None = None
+    ) -> tuple[int, str]:
         assert self.server
         timestamp = str(int(time.time() - age_s))
-        headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": timestamp,
-                   "X-Slack-Signature": signature or SignatureVerifier(SECRET).generate_signature(
-                       timestamp=timestamp, body=body)}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": signature
+            or SignatureVerifier(SECRET).generate_signature(timestamp=timestamp, body=body),
+        }
         if retry:
             headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
         url = f"http://127.0.0.1:{self.server.port}/slack/events"
@@ -94,29 +110,58 @@ class Slack:
 
     async def dm(self, text: str, user: str = CUSTOMER, **extra: Any) -> str:
         ts = self.ts()
-        await self.send({"type": "message", "channel": DM, "channel_type": "im", "user": user, "text": text, "ts": ts,
-                         "event_ts": ts, **extra})
+        await self.send(
+            {
+                "type": "message",
+                "channel": DM,
+                "channel_type": "im",
+                "user": user,
+                "text": text,
+                "ts": ts,
+                "event_ts": ts,
+                **extra,
+            }
+        )
         return ts
 
     async def mention(self, text: str, thread_ts: str | None = None, channel: str = PUBLIC) -> str:
         ts = self.ts()
-        event = {"type": "app_mention", "channel": channel, "user": CUSTOMER, "text": f"<@{BOT_USER}> {text}",
-                 "ts": ts, "event_ts": ts}
+        event = {
+            "type": "app_mention",
+            "channel": channel,
+            "user": CUSTOMER,
+            "text": f"<@{BOT_USER}> {text}",
+            "ts": ts,
+            "event_ts": ts,
+        }
         await self.send(event | ({"thread_ts": thread_ts} if thread_ts else {}))
         return ts
 
-    async def in_thread(self, text: str, thread_ts: str | None, user: str = CUSTOMER,
-                        channel: str = PUBLIC) -> str:
+    async def in_thread(self, text: str, thread_ts: str | None, user: str = CUSTOMER, channel: str = PUBLIC) -> str:
         ts = self.ts()
-        event = {"type": "message", "channel": channel, "channel_type": "channel", "user": user, "text": text,
-                 "ts": ts, "event_ts": ts}
+        event = {
+            "type": "message",
+            "channel": channel,
+            "channel_type": "channel",
+            "user": user,
+            "text": text,
+            "ts": ts,
+            "event_ts": ts,
+        }
         await self.send(event | ({"thread_ts": thread_ts} if thread_ts else {}))
         return ts
 
     async def react(self, reaction: str, channel: str, ts: str, user: str, added: bool = True) -> None:
-        await self.send({"type": "reaction_added" if added else "reaction_removed", "user": user,
-                         "reaction": reaction, "item": {"type": "message", "channel": channel, "ts": ts},
-                         "item_user": BOT_USER, "event_ts": self.ts()})
+        await self.send(
+            {
+                "type": "reaction_added" if added else "reaction_removed",
+                "user": user,
+                "reaction": reaction,
+                "item": {"type": "message", "channel": channel, "ts": ts},
+                "item_user": BOT_USER,
+                "event_ts": self.ts(),
+            }
+        )
 
     async def settled(self, timeout: float = 20.0) -> None:
         """Wait until every event recorded is handled: work is only ever scheduled for a recorded event,
@@ -175,8 +220,17 @@ async def test_direct_message_is_answered(slack: Slack, api: FakeSlackApi, caplo
 async def test_mention_is_answered_in_its_thread(slack: Slack, api: FakeSlackApi) -> None:
     ts = await slack.mention(QUESTION)
     # Slack also sends the same message as a plain channel message: it must not be answered twice.
-    await slack.send({"type": "message", "channel": PUBLIC, "channel_type": "channel", "user": CUSTOMER,
-                      "text": f"<@{BOT_USER}> {QUESTION}", "ts": ts, "event_ts": ts})
+    await slack.send(
+        {
+            "type": "message",
+            "channel": PUBLIC,
+            "channel_type": "channel",
+            "user": CUSTOMER,
+            "text": f"<@{BOT_USER}> {QUESTION}",
+            "ts": ts,
+            "event_ts": ts,
+        }
+    )
     [post] = await api.wait_for_posts(1)
     assert (post.channel, post.text, post.thread_ts) == (PUBLIC, ANSWER, ts)
     turn = await slack.store.turn_for_message("slack", f"{PUBLIC}:{ts}")
@@ -300,7 +354,10 @@ async def test_fix_by_an_agent_stores_a_correction(slack: Slack, api: FakeSlackA
     splits, _ = await asyncio.to_thread(dataset.build, slack.data_dir / "bot.sqlite3", [])
     [row] = [r for r in splits["train"] if r["source"] == "chats"]
     assert (row["channel"], row["label"], row["messages"][-1]["content"]) == (
-        "slack", "corrected", "请在“我的订单”页面输入订单号查看物流")
+        "slack",
+        "corrected",
+        "请在“我的订单”页面输入订单号查看物流",
+    )
 
     await slack.in_thread("!fix something else", thread_ts=root, user=CUSTOMER)
     posts = await api.wait_for_posts(3)
@@ -337,8 +394,19 @@ async def test_long_mirror_is_split_and_every_part_rates_the_turn(mirrored: Slac
 
 
 async def test_bad_signatures_are_rejected(slack: Slack, api: FakeSlackApi) -> None:
-    body = json.dumps(envelope({"type": "message", "channel": DM, "channel_type": "im", "user": CUSTOMER,
-                                "text": QUESTION, "ts": slack.ts()}, "EvBad"))
+    body = json.dumps(
+        envelope(
+            {
+                "type": "message",
+                "channel": DM,
+                "channel_type": "im",
+                "user": CUSTOMER,
+                "text": QUESTION,
+                "ts": slack.ts(),
+            },
+            "EvBad",
+        )
+    )
     assert (await slack.post(body, signature="v0=" + "0" * 64))[0] == 401
     assert (await slack.post(body, age_s=6 * 60))[0] == 401  # correctly signed, but stale (a replay)
     assert (await slack.post("{not json", signature="v0=forged"))[0] == 401
@@ -347,12 +415,17 @@ async def test_bad_signatures_are_rejected(slack: Slack, api: FakeSlackApi) -> N
     assert api.posts == [] and await slack.store.turns() == []
 
 
-async def test_unreadable_or_unknown_events_are_acknowledged_and_ignored(slack: Slack, api: FakeSlackApi,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
+async def test_unreadable_or_unknown_events_are_acknowledged_and_ignored(
+    slack: Slack, api: FakeSlackApi, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="adapters.slack")
-    for body in ["{not json", "[1, 2]", '{"type": "event_callback", "authorizations": 5}',
-                 json.dumps(envelope({"type": "team_join", "user": {"id": "U9"}}, "EvUnknown")),
-                 json.dumps({"type": "event_callback", "event": {"type": "message"}})]:
+    for body in [
+        "{not json",
+        "[1, 2]",
+        '{"type": "event_callback", "authorizations": 5}',
+        json.dumps(envelope({"type": "team_join", "user": {"id": "U9"}}, "EvUnknown")),
+        json.dumps({"type": "event_callback", "event": {"type": "message"}}),
+    ]:
         assert (await slack.post(body))[0] == 200, body
     await slack.settled()
     assert api.posts == [] and await slack.store.turns() == []
@@ -392,15 +465,19 @@ async def test_odd_input_is_handled(slack: Slack, api: FakeSlackApi) -> None:
     await slack.dm("", subtype="file_share", files=[{"id": "F1", "name": "photo.png"}])
     await slack.dm("订单" * 30_000)
     posts = await api.wait_for_posts(2)
-    assert {p.text for p in posts} == {"Please type your question.",  # the file, with no text
-                                       "您的消息太长了,请发送更简短的问题。"}
+    assert {p.text for p in posts} == {
+        "Please type your question.",  # the file, with no text
+        "您的消息太长了,请发送更简短的问题。",
+    }
     await slack.settled()
     assert len(api.posts) == 2
 
 
 async def test_socket_mode_is_set_up_without_http_route(slack: Slack) -> None:
     assert slack.server
-    channel = SlackChannel(slack.server.bot, SlackSettings(_env_file=None, bot_token=TOKEN, app_token="xapp-test"))
+    channel = SlackChannel(
+        ChannelService(slack.server.bot, "slack"), SlackSettings(_env_file=None, bot_token=TOKEN, app_token="xapp-test")
+    )
     app = web.Application()
     channel.add_routes(app)
     assert channel.socket is not None and not list(app.router.routes())
@@ -414,4 +491,4 @@ def test_split_text_cuts_at_sentence_and_line_ends() -> None:
     assert parts[0].endswith("。") and parts[1].endswith(".")
     assert "".join(parts).replace(" ", "").replace("\n", "") == text.replace(" ", "").replace("\n", "")
     assert split_text("x" * 9000, limit=4000) == ["x" * 4000, "x" * 4000, "x" * 1000]
-    assert split_text("short") == ["short"]
+    assert split_text("short", limit=4000) == ["short"]

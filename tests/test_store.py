@@ -6,8 +6,17 @@ from bot.store import MIGRATIONS, Store
 
 
 async def _turn(store: Store, message_id: str = "m1", session: int = 1) -> int:
-    return await store.add_turn(channel="http", conversation_id="c", session=session, user_id="u", message_id=message_id,
-                                user_text="q", answer="a", model_version="v0001", latency_ms=1.0)
+    return await store.add_turn(
+        channel="http",
+        conversation_id="c",
+        session=session,
+        user_id="u",
+        message_id=message_id,
+        user_text="q",
+        answer="a",
+        model_version="v0001",
+        latency_ms=1.0,
+    )
 
 
 async def test_schema_is_migrated_and_survives_reopen(tmp_path: Path) -> None:

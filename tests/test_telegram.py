@@ -1,5 +1,6 @@
 """Telegram channel against a fake Bot API server on 127.0.0.1: real HTTP both ways, the real
 pipeline and the starter model behind it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,30 +8,33 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
 
-from adapters.telegram import TelegramChannel, split_text
+from adapters import base
+from adapters.base import Place
+from adapters.telegram import MAX_MESSAGE_CHARS, TelegramChannel
+from bot.__main__ import start
 from bot.app import build_bot
-from bot.config import SlackSettings, TelegramSettings
+from bot.config import TelegramSettings
 from bot.message import UserMessage
-from bot.server import RunningServer, start_server
+from bot.server import RunningServer
 from bot.store import Store
-from tests.conftest import free_port, make_settings
 from tests.fakes.telegram_api import BOT_USERNAME, TOKEN, FakeTelegram, Sent, message, reaction, reply_to
+from tests.support import ORDER_A as ANSWER
+from tests.support import ORDER_Q as QUESTION
+from tests.support import ROOT, free_port, make_settings
 from tuning import dataset
 
-QUESTION = "我的订单什么时候到?"
-ANSWER = "您可通过订单号在'我的订单'页面查询物流信息"
 AGENT = 42  # listed in AGENT_IDS
 CUSTOMER = 1001
 GROUP = -100200
 AGENT_CHAT = -100999
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -45,7 +49,7 @@ async def fake() -> AsyncIterator[FakeTelegram]:
 async def serving(data_dir: Path, fake: FakeTelegram, **telegram: Any) -> AsyncIterator[RunningServer]:
     settings = make_settings(data_dir, agent_ids=f"http:alice,telegram:{AGENT}")
     tg = TelegramSettings(_env_file=None, bot_token=TOKEN, api_base=fake.url, **telegram)
-    server = await start_server(settings, tg, SlackSettings(_env_file=None))
+    server = await start(settings, {"telegram": tg})
     try:
         yield server
     finally:
@@ -67,9 +71,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
 
 async def handled(server: RunningServer, fake: FakeTelegram, update_id: int) -> None:
     """Wait until the bot has taken the update from Telegram and finished with it."""
+
     async def done() -> bool:
         pending = {key for key, _ in await server.bot.store.inbox_pending("telegram")}
         return fake.confirmed > update_id and str(update_id) not in pending
+
     await eventually(done)
 
 
@@ -89,8 +95,10 @@ def channel_of(server: RunningServer) -> TelegramChannel:
 
 # --- answering --------------------------------------------------------------------------------------
 
-async def test_message_gets_the_answer(server: RunningServer, fake: FakeTelegram,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+
+async def test_message_gets_the_answer(
+    server: RunningServer, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
     update = message(CUSTOMER, QUESTION)
     update_id = await fake.push(update)
     [sent] = await fake.wait_sent(1)
@@ -99,7 +107,10 @@ async def test_message_gets_the_answer(server: RunningServer, fake: FakeTelegram
     await handled(server, fake, update_id)
     [turn] = await server.bot.store.turns()
     assert (turn.conversation_id, turn.user_id, turn.message_id) == (
-        str(CUSTOMER), str(CUSTOMER), f"{CUSTOMER}:{update['message']['message_id']}")
+        str(CUSTOMER),
+        str(CUSTOMER),
+        f"{CUSTOMER}:{update['message']['message_id']}",
+    )
     assert await server.bot.store.turn_for_answer_message("telegram", str(CUSTOMER), str(sent.message_id)) == turn.id
     _, getupdates = next(call for call in fake.calls if call[0] == "getUpdates")
     assert "message_reaction" in getupdates["allowed_updates"]
@@ -116,8 +127,9 @@ async def test_group_answers_only_when_mentioned_or_replied_to(server: RunningSe
     assert follow_up.text
     await handled(server, fake, quiet)
     assert len(fake.sent) == 2
-    in_topic = await ask(fake, GROUP, f"@{BOT_USERNAME} {QUESTION}", CUSTOMER, message_thread_id=7,
-                         is_topic_message=True, **MENTION)
+    in_topic = await ask(
+        fake, GROUP, f"@{BOT_USERNAME} {QUESTION}", CUSTOMER, message_thread_id=7, is_topic_message=True, **MENTION
+    )
     assert in_topic.message_thread_id == 7
     conversations = [t.conversation_id for t in await server.bot.store.turns()]
     assert conversations == [str(GROUP), str(GROUP), f"{GROUP}:7"]
@@ -134,8 +146,17 @@ async def test_commands(server: RunningServer, fake: FakeTelegram) -> None:
 
 
 async def test_non_text_gets_a_polite_reply(server: RunningServer, fake: FakeTelegram) -> None:
-    sticker = {"sticker": {"file_id": "x", "file_unique_id": "y", "type": "regular", "width": 512, "height": 512,
-                           "is_animated": False, "is_video": False}}
+    sticker = {
+        "sticker": {
+            "file_id": "x",
+            "file_unique_id": "y",
+            "type": "regular",
+            "width": 512,
+            "height": 512,
+            "is_animated": False,
+            "is_video": False,
+        }
+    }
     assert "文字" in (await ask(fake, CUSTOMER, None, **sticker)).text  # type: ignore[arg-type]
     assert await server.bot.store.turns() == []
 
@@ -153,8 +174,20 @@ async def test_bad_input_is_ignored(server: RunningServer, fake: FakeTelegram) -
     not_an_answer = reaction(CUSTOMER, 1, AGENT, ["👍"])
     anonymous = reaction(CUSTOMER, answer.message_id, AGENT, ["👍"], actor_chat={"id": -100300, "type": "channel"})
     del anonymous["message_reaction"]["user"]
-    ids = [await fake.push(u) for u in (edited, from_bot, channel_post, broken, custom, not_an_answer, anonymous,
-                                        {"message": "not an object"}, {"unknown_kind": {}})]
+    ids = [
+        await fake.push(u)
+        for u in (
+            edited,
+            from_bot,
+            channel_post,
+            broken,
+            custom,
+            not_an_answer,
+            anonymous,
+            {"message": "not an object"},
+            {"unknown_kind": {}},
+        )
+    ]
     huge = await ask(fake, CUSTOMER, "订单" * 50_000)
     assert "太长" in huge.text
     for update_id in ids:
@@ -166,13 +199,15 @@ async def test_bad_input_is_ignored(server: RunningServer, fake: FakeTelegram) -
 
 # --- ratings and corrections ------------------------------------------------------------------------
 
+
 async def test_agent_reactions_rate_replace_and_retract(server: RunningServer, fake: FakeTelegram) -> None:
     answer = await ask(fake, GROUP, f"@{BOT_USERNAME} {QUESTION}", CUSTOMER, **MENTION)
     store = server.bot.store
     turn_id = await store.turn_for_answer_message("telegram", str(GROUP), str(answer.message_id))
     await handled(server, fake, await fake.push(reaction(GROUP, answer.message_id, AGENT, ["👍"])))
     assert [(r["turn_id"], r["rater"], r["role"], r["rating"]) for r in await store.ratings()] == [
-        (turn_id, f"telegram:{AGENT}", "agent", 1)]
+        (turn_id, f"telegram:{AGENT}", "agent", 1)
+    ]
     await handled(server, fake, await fake.push(reaction(GROUP, answer.message_id, AGENT, ["👎"], old=["👍"])))
     assert [(r["rater"], r["rating"]) for r in await store.ratings()] == [(f"telegram:{AGENT}", -1)]
     await handled(server, fake, await fake.push(reaction(GROUP, answer.message_id, AGENT, ["❤️"], old=["👎"])))
@@ -210,12 +245,18 @@ async def test_fix_by_agent_is_a_correction_and_refused_otherwise(server: Runnin
     [correction] = await server.bot.store.corrections()
     turn_id = await server.bot.store.turn_for_answer_message("telegram", str(GROUP), str(answer.message_id))
     assert (correction["turn_id"], correction["rater"], correction["text"]) == (
-        turn_id, f"telegram:{AGENT}", "请在“我的订单”页面\n查看物流信息")
+        turn_id,
+        f"telegram:{AGENT}",
+        "请在“我的订单”页面\n查看物流信息",
+    )
     # ... and it is what the next tune learns for that question.
     splits, _ = await asyncio.to_thread(dataset.build, server.bot.settings.data_dir / "bot.sqlite3", [])
     [row] = [r for r in splits["train"] if r["source"] == "chats"]
     assert (row["channel"], row["label"], row["messages"][-1]["content"]) == (
-        "telegram", "corrected", "请在“我的订单”页面\n查看物流信息")
+        "telegram",
+        "corrected",
+        "请在“我的订单”页面\n查看物流信息",
+    )
 
 
 async def test_agent_chat_mirrors_and_rates_the_original_turn(data_dir: Path, fake: FakeTelegram) -> None:
@@ -233,10 +274,12 @@ async def test_agent_chat_mirrors_and_rates_the_original_turn(data_dir: Path, fa
         await handled(server, fake, await fake.push(reaction(AGENT_CHAT, answer_mirror.message_id, member, ["👎"])))
         await handled(server, fake, await fake.push(reaction(AGENT_CHAT, question_mirror.message_id, member, ["👍"])))
         assert [(r["turn_id"], r["rater"], r["role"], r["rating"]) for r in await store.ratings()] == [
-            (turn_id, f"telegram:{member}", "agent", -1)]
+            (turn_id, f"telegram:{member}", "agent", -1)
+        ]
         # A reply to a mirror is talk among agents, not a question for the bot; /fix still works.
-        chatter = await fake.push(message(AGENT_CHAT, "this one is wrong", member,
-                                          reply_to_message=reply_to(answer_mirror)))
+        chatter = await fake.push(
+            message(AGENT_CHAT, "this one is wrong", member, reply_to_message=reply_to(answer_mirror))
+        )
         saved = await ask(fake, AGENT_CHAT, "/fix 请查看物流页面", member, reply_to_message=reply_to(answer_mirror))
         assert "已保存" in saved.text
         await handled(server, fake, chatter)
@@ -246,12 +289,17 @@ async def test_agent_chat_mirrors_and_rates_the_original_turn(data_dir: Path, fa
 
 # --- delivery ---------------------------------------------------------------------------------------
 
+
 async def test_flood_limit_is_waited_out(server: RunningServer, fake: FakeTelegram) -> None:
     fake.flood = 1
     began = time.monotonic()
     assert (await ask(fake, CUSTOMER, QUESTION)).text == ANSWER
     assert time.monotonic() - began >= 1  # retry_after=1
     assert fake.methods().count("sendMessage") == 2 and len(fake.sent) == 1
+
+
+def split_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
+    return base.split_text(text, limit)
 
 
 def test_split_text_at_sentences_and_lines() -> None:
@@ -270,7 +318,9 @@ def test_split_text_at_sentences_and_lines() -> None:
 async def test_long_answer_is_sent_in_parts_all_linked(server: RunningServer, fake: FakeTelegram) -> None:
     await ask(fake, CUSTOMER, QUESTION)
     [turn] = await server.bot.store.turns()
-    ids = await channel_of(server).send(CUSTOMER, "物流信息请在订单页面查看。" * 400, turn.id)  # 5,200 characters
+    ids = await channel_of(server).send(
+        Place(str(CUSTOMER)), "物流信息请在订单页面查看。" * 400, turn.id
+    )  # 5,200 characters
     assert len(ids) == 2 and [len(s.text) for s in fake.sent[1:]] == [4095, 1105]
     for message_id in ids:
         assert await server.bot.store.turn_for_answer_message("telegram", str(CUSTOMER), str(message_id)) == turn.id
@@ -295,8 +345,9 @@ async def test_pending_updates_are_answered_once_after_restart(data_dir: Path, f
     await crashed.store.inbox_add("telegram", "500", {"update_id": 500, **unseen})
     await crashed.store.inbox_add("telegram", "501", {"update_id": 501, **unsent})
     chat = CUSTOMER + 1
-    await crashed.dialogue.handle(UserMessage("telegram", str(chat), str(chat),
-                                              f"{chat}:{unsent['message']['message_id']}", QUESTION))
+    await crashed.dialogue.handle(
+        UserMessage("telegram", str(chat), str(chat), f"{chat}:{unsent['message']['message_id']}", QUESTION)
+    )
     await crashed.close()
 
     async with serving(data_dir, fake) as server:
@@ -315,21 +366,29 @@ async def no_pending(server: RunningServer) -> bool:
 
 def bot_env(data_dir: Path, fake: FakeTelegram) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "TELEGRAM_", "SLACK_", "AGENT_IDS"))}
-    return env | {"BOT_DATA_DIR": str(data_dir), "BOT_HTTP_PORT": str(free_port()), "TELEGRAM_BOT_TOKEN": TOKEN,
-                  "TELEGRAM_API_BASE": fake.url, "PYTHONPATH": str(ROOT)}
+    return env | {
+        "BOT_DATA_DIR": str(data_dir),
+        "BOT_HTTP_PORT": str(free_port()),
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_BASE": fake.url,
+        "PYTHONPATH": str(ROOT),
+    }
 
 
-async def test_killed_while_sending_answers_once_after_restart(data_dir: Path, fake: FakeTelegram,
-                                                               tmp_path: Path) -> None:
+async def test_killed_while_sending_answers_once_after_restart(
+    data_dir: Path, fake: FakeTelegram, tmp_path: Path
+) -> None:
     """`python -m bot run` is killed with SIGKILL after it confirmed the update to Telegram and while
     its answer is on the wire; the restarted bot answers once."""
     env, log_path = bot_env(data_dir, fake), tmp_path / "bot.log"
     fake.hold_sends = True
     update_id = await fake.push(message(CUSTOMER, QUESTION))
     with open(log_path, "wb") as log:
+
         async def run() -> asyncio.subprocess.Process:
-            return await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=tmp_path, env=env,
-                                                        stdout=log, stderr=asyncio.subprocess.STDOUT)
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "run", cwd=tmp_path, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+            )
 
         first = await run()
         try:
@@ -357,6 +416,7 @@ async def test_killed_while_sending_answers_once_after_restart(data_dir: Path, f
 
 
 # --- webhook ----------------------------------------------------------------------------------------
+
 
 async def test_webhook(data_dir: Path, fake: FakeTelegram) -> None:
     url, secret = "https://bot.example.com/telegram/webhook", "hook-secret-123"

@@ -1,5 +1,6 @@
 """The monthly loop on the starter model: chats -> ratings and a correction -> `tuning run` ->
 the running bot serves the corrected answer from the promoted version, not from its cache."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.models.registry import Registry, RegistryError
 from bot.server import RunningServer
 from tests.test_http import ORDER_A, ORDER_Q, post
-from tuning.registry import Registry, RegistryError
 
 FIXED = "订单发货后,物流单号会以短信发给您,也可在'我的订单'查看"
 
@@ -83,21 +84,27 @@ async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_di
 
 def test_eval_command_reports_metrics(data_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "qa.csv"
-    data.write_text(f"instruction,response\n{ORDER_Q},{ORDER_A}\nHow do I reset my password?,nonsense reference\n",
-                    encoding="utf-8")
+    data.write_text(
+        f"instruction,response\n{ORDER_Q},{ORDER_A}\nHow do I reset my password?,nonsense reference\n", encoding="utf-8"
+    )
     result = tuning_cli(data_dir, "eval", "--model", "current", "--data", str(data), "--out", str(tmp_path / "m.json"))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["examples"] == 2 and metrics["accuracy"] == 0.5 and 0 < metrics["bleu4"] < 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--base", "/no/such/model"], "base model not found"),
-    (["run", "--data", "/no/such/file.csv", "--force"], "no such file"),
-    (["eval", "--model", "v0042", "--data", "data/sample/faq.csv"], "no registered model version 'v0042'"),
-    (["promote", "v0042"], "no registered model version"),
-])
-def test_bad_tuning_input_is_refused_and_production_keeps_serving(data_dir: Path, args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--base", "/no/such/model"], "base model not found"),
+        (["run", "--data", "/no/such/file.csv", "--force"], "no such file"),
+        (["eval", "--model", "v0042", "--data", "data/sample/faq.csv"], "no registered model version 'v0042'"),
+        (["promote", "v0042"], "no registered model version"),
+    ],
+)
+def test_bad_tuning_input_is_refused_and_production_keeps_serving(
+    data_dir: Path, args: list[str], message: str
+) -> None:
     result = tuning_cli(data_dir, *args)
     assert result.returncode == 2 and message in result.stderr
     registry = Registry(data_dir)
@@ -153,8 +160,12 @@ async def test_all_thumbs_down_is_nothing_to_tune(server: RunningServer, data_di
 
 def test_a_killed_run_registers_nothing(data_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")} | {"BOT_DATA_DIR": str(data_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "tuning", "run", "--force"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuning", "run", "--force"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     registry = Registry(data_dir)
     deadline = time.monotonic() + 300
     while not list(registry.root.glob("*.partial/loss.jsonl")) and time.monotonic() < deadline:
@@ -170,16 +181,37 @@ def test_a_killed_run_registers_nothing(data_dir: Path) -> None:
 @pytest.mark.parametrize("quantize", ["int8", "int4"])
 def test_stage_commands_train_export_quantise_eval(data_dir: Path, tmp_path: Path, quantize: str) -> None:
     assert tuning_cli(data_dir, "dataset", "--out", str(tmp_path / "ds")).returncode == 0
-    trained = tuning_cli(data_dir, "train", "--data", str(tmp_path / "ds"), "--base", "current", "--out",
-                         str(tmp_path / "tuned"), "--steps", "3", "--batch-size", "4")
+    trained = tuning_cli(
+        data_dir,
+        "train",
+        "--data",
+        str(tmp_path / "ds"),
+        "--base",
+        "current",
+        "--out",
+        str(tmp_path / "tuned"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+    )
     assert trained.returncode == 0, trained.stderr
     assert json.loads(trained.stdout)["steps"] == 3 and not (tmp_path / "tuned/checkpoint.pt").exists()
-    exported = tuning_cli(data_dir, "export", "--model", str(tmp_path / "tuned/hf"), "--out", str(tmp_path / "onnx"),
-                          "--quantize", quantize)
+    exported = tuning_cli(
+        data_dir,
+        "export",
+        "--model",
+        str(tmp_path / "tuned/hf"),
+        "--out",
+        str(tmp_path / "onnx"),
+        "--quantize",
+        quantize,
+    )
     assert exported.returncode == 0, exported.stderr
     quantised_ops = "MatMulInteger" if quantize == "int8" else "MatMulNBits"
     assert quantised_ops.encode() in (tmp_path / "onnx/model.onnx").read_bytes()
-    evaluated = tuning_cli(data_dir, "eval", "--model", str(tmp_path / "onnx"), "--data", str(tmp_path / "ds/eval.jsonl"),
-                           "--limit", "5")
+    evaluated = tuning_cli(
+        data_dir, "eval", "--model", str(tmp_path / "onnx"), "--data", str(tmp_path / "ds/eval.jsonl"), "--limit", "5"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["examples"] == 5

@@ -1,4 +1,5 @@
 """`python -m tuning COMMAND`: the stages of the monthly fine-tune, one by one or all at once (`run`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,15 +7,17 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bot.config import load_settings
+from bot.config import BotSettings, load_settings
+from bot.models.chat import with_system
+from bot.models.registry import HF_DIR, Registry, RegistryError
+from bot.store import database_path
+from tuning.config import PRESETS, TuneConfig, preset
 from tuning.formats import DataError
-from tuning.registry import Registry, RegistryError
-
-if TYPE_CHECKING:
-    from tuning.train import TrainConfig
 
 
 def _print(obj: Any) -> None:
@@ -63,36 +66,40 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--base", help="start from this model instead of production (hub id, folder or .gguf)")
     r.add_argument("--data", type=Path, nargs="*", default=[], help="extra data files to mix in")
     r.add_argument("--ab", type=float, help="A/B test the result on this share of users instead of promoting")
-    r.add_argument("--quantize", choices=["int8", "int4"])
     _training_args(r)
-    r.add_argument("--max-accuracy-drop", type=float, default=0.02)
-    r.add_argument("--max-bleu-drop", type=float, default=0.02)
-    r.add_argument("--max-p99", type=float, default=1.5, help="seconds")
+    r.add_argument("--quantize", choices=["int8", "int4"])
+    r.add_argument("--max-accuracy-drop", type=float)
+    r.add_argument("--max-bleu-drop", type=float)
+    r.add_argument("--max-p99", type=float, dest="max_p99_s", help="seconds")
     r.add_argument("--force", action="store_true", help="tune even without new rated chats")
     return p
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["lora", "full"], default="lora")
+    """Flags that override single fields of the chosen preset (tuning/config.py); unset ones keep its value."""
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="monthly",
+        help="where every unset knob comes from (pretrained: a first tune of a pretrained --base)",
+    )
+    p.add_argument("--method", choices=["lora", "full"])
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
-    p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory (large models)")
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--alpha", type=int, default=32)
-    p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument(
+        "--grad-checkpointing", action="store_true", default=None, help="trade compute for memory (large models)"
+    )
+    p.add_argument("--rank", type=int, dest="lora_rank")
+    p.add_argument("--alpha", type=int, dest="lora_alpha")
+    p.add_argument("--dropout", type=float, dest="lora_dropout")
 
 
-def _train_config(args: argparse.Namespace) -> "TrainConfig":
-    from tuning.monthly import INCREMENTAL
-    from tuning.train import TrainConfig
-
-    overrides = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "grad_accum": args.grad_accum}
-    config = TrainConfig(**INCREMENTAL.__dict__ | {k: v for k, v in overrides.items() if v})
-    config.grad_checkpointing = args.grad_checkpointing
-    config.checkpoint_every = 50  # a killed `train` continues with --resume
-    return config
+def tune_config(args: argparse.Namespace) -> TuneConfig:
+    """The chosen preset, with every flag that was given (its dest is the field's name) in place."""
+    given = {f.name: getattr(args, f.name) for f in fields(TuneConfig) if getattr(args, f.name, None) is not None}
+    return preset(args.preset, **given)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def cmd_bootstrap(args, settings, registry) -> int:
+def cmd_bootstrap(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     from tuning.bootstrap import bootstrap
 
     version = bootstrap(settings.data_dir, settings.system_prompt, args.data)
@@ -116,104 +123,112 @@ def cmd_bootstrap(args, settings, registry) -> int:
     return 0
 
 
-def cmd_dataset(args, settings, registry) -> int:
+def cmd_dataset(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     from tuning import dataset
 
-    splits, card = dataset.build(settings.data_dir / "bot.sqlite3", args.data, include_sample=not args.no_sample)
+    splits, card = dataset.build(database_path(settings.data_dir), args.data, include_sample=not args.no_sample)
     dataset.write(splits, card, args.out)
     _print(json.loads((args.out / "card.json").read_text()))
     return 0
 
 
-def cmd_train(args, settings, registry) -> int:
+def cmd_train(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     from tuning import dataset
-    from tuning.train import LoraSettings, fine_tune
+    from tuning.train import fine_tune
 
     base = args.base
     if base in {"current", "candidate"} or base in registry.versions():
-        base = str(registry.path(registry.resolve(base)) / "hf")
+        base = str(registry.hf_dir(registry.resolve(base)))
     rows = dataset.load_split(args.data, "train")
-    chats = [[{"role": "system", "content": settings.system_prompt}, *r["messages"]] for r in rows]
-    losses = fine_tune(base, chats, args.out, _train_config(args), method=args.method,
-                       lora=LoraSettings(args.rank, args.alpha, args.dropout), resume=args.resume)
-    _print({"model": str(args.out / "hf"), "steps": len(losses), "final_loss": losses[-1]})
+    chats = [with_system(settings.system_prompt, r["messages"]) for r in rows]
+    losses = fine_tune(base, chats, args.out, tune_config(args), resume=args.resume)
+    _print({"model": str(args.out / HF_DIR), "steps": len(losses), "final_loss": losses[-1]})
     return 0
 
 
-def cmd_export(args, settings, registry) -> int:
+def cmd_export(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
+    from bot.models.export import export_onnx
     from tuning import export
 
-    out = export.export_onnx(args.model, args.out if not args.quantize else args.out.with_name(args.out.name + "-fp32"))
+    out = export_onnx(args.model, args.out if not args.quantize else args.out.with_name(args.out.name + "-fp32"))
     if args.quantize:
         out = export.quantize(out, args.out, args.quantize)
     _print({"onnx": str(out)})
     return 0
 
 
-def cmd_eval(args, settings, registry) -> int:
-    from bot.model import ChatModel, GenerationSettings
-    from tuning.evaluate import evaluate
+def cmd_eval(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
+    from bot.models.export import ONNX_FILE
+    from bot.models.runtime import ChatModel, GenerationSettings
+    from tuning.evaluate import evaluate, report
     from tuning.formats import read_chats
 
     folder = Path(args.model)
-    if (folder / "model.onnx").exists():
+    if (folder / ONNX_FILE).exists():
         name = folder.name
     else:
         name = registry.resolve(args.model)
-        folder = registry.path(name) / "onnx"
+        folder = registry.onnx_dir(name)
     model = ChatModel(name, folder, GenerationSettings(max_new_tokens=settings.max_new_tokens))
-    result = evaluate(model, read_chats(args.data), settings.system_prompt, args.limit)
+    result = report(name, *evaluate(model, read_chats(args.data), settings.system_prompt, args.limit))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     _print(result)
     return 0
 
 
-def cmd_list(args, settings, registry) -> int:
+def cmd_list(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     state = registry.state()
     rows = []
     for version in registry.versions():
         m = registry.manifest(version)
         role = "current" if version == state.current else "candidate" if version == state.candidate else ""
-        rows.append({"version": version, "role": role, "parent": m.get("parent"), "created_at": m.get("created_at"),
-                     "metrics": {k: m.get("metrics", {}).get(k) for k in ("accuracy", "bleu4", "latency_p99_s")}})
+        rows.append(
+            {
+                "version": version,
+                "role": role,
+                "parent": m.get("parent"),
+                "created_at": m.get("created_at"),
+                "metrics": {k: m.get("metrics", {}).get(k) for k in ("accuracy", "bleu4", "latency_p99_s")},
+            }
+        )
     _print({"current": state.current, "candidate": state.candidate, "ab_share": state.ab_share, "versions": rows})
     return 0
 
 
-def _audit(settings, action: str, **detail: Any) -> None:
+def _audit(settings: BotSettings, action: str, **detail: Any) -> None:
     from tuning.monthly import audit as write
 
     asyncio.run(write(settings.data_dir, "operator", action, **detail))
 
 
-def cmd_promote(args, settings, registry) -> int:
+def cmd_promote(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     state = registry.promote(args.version)
     _audit(settings, "promote", version=args.version)
     _print(state.__dict__)
     return 0
 
 
-def cmd_rollback(args, settings, registry) -> int:
+def cmd_rollback(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     state = registry.rollback()
     _audit(settings, "rollback", version=state.current)
     _print(state.__dict__)
     return 0
 
 
-def cmd_ab(args, settings, registry) -> int:
+def cmd_ab(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     state = registry.set_candidate(args.version if args.share > 0 else None, args.share)
     _audit(settings, "ab_test", version=args.version, share=args.share)
     _print(state.__dict__)
     return 0
 
 
-def cmd_ab_report(args, settings, registry) -> int:
+def cmd_ab_report(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     from bot.store import Store
     from tuning.evaluate import ab_report
 
     async def read() -> tuple[list, list]:
-        store = await Store.open(settings.data_dir / "bot.sqlite3")
+        store = await Store.open(database_path(settings.data_dir))
         try:
             return await store.turns(), await store.ratings()
         finally:
@@ -223,13 +238,12 @@ def cmd_ab_report(args, settings, registry) -> int:
     return 0
 
 
-def cmd_run(args, settings, registry) -> int:
-    from tuning.monthly import Gate, NothingToDo, RunOptions, run
-    from tuning.train import LoraSettings
+def cmd_run(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
+    from tuning.monthly import NothingToDo, RunOptions, run
 
-    options = RunOptions(base=args.base, extra_files=args.data, method=args.method, quantize=args.quantize,
-                         ab_share=args.ab, force=args.force, lora=LoraSettings(args.rank, args.alpha, args.dropout),
-                         gate=Gate(args.max_accuracy_drop, args.max_bleu_drop, args.max_p99), train=_train_config(args))
+    options = RunOptions(
+        config=tune_config(args), base=args.base, extra_files=args.data, ab_share=args.ab, force=args.force
+    )
     try:
         result = run(settings.data_dir, settings.system_prompt, options)
     except NothingToDo as exc:
@@ -240,9 +254,20 @@ def cmd_run(args, settings, registry) -> int:
     return 0
 
 
-COMMANDS = {"bootstrap": cmd_bootstrap, "dataset": cmd_dataset, "train": cmd_train, "export": cmd_export,
-            "eval": cmd_eval, "list": cmd_list, "promote": cmd_promote, "rollback": cmd_rollback, "ab": cmd_ab,
-            "ab-report": cmd_ab_report, "run": cmd_run}
+Command = Callable[[argparse.Namespace, BotSettings, Registry], int]
+COMMANDS: dict[str, Command] = {
+    "bootstrap": cmd_bootstrap,
+    "dataset": cmd_dataset,
+    "train": cmd_train,
+    "export": cmd_export,
+    "eval": cmd_eval,
+    "list": cmd_list,
+    "promote": cmd_promote,
+    "rollback": cmd_rollback,
+    "ab": cmd_ab,
+    "ab-report": cmd_ab_report,
+    "run": cmd_run,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

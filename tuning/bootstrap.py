@@ -4,19 +4,30 @@ tokens, a small Qwen2ForCausalLM trained from scratch, exported to ONNX and regi
 Small on purpose: it memorises the shipped FAQ in well under a minute on 2 cores, so a fresh machine
 with no model hub answers at once; real deployments tune a pretrained Qwen (`tuning run --base`).
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
-from tuning import export, formats
-from tuning.registry import Registry
-from tuning.train import TrainConfig, train
+from bot.models.chat import with_system
+from bot.models.export import export_onnx
+from bot.models.registry import HF_DIR, ONNX_DIR, Registry
+from tuning import formats
+from tuning.config import PRESETS, TuneConfig
+from tuning.train import train
 
 log = logging.getLogger(__name__)
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -27,66 +38,98 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-STARTER_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, max_position_embeddings=2048)
-STARTER_TRAINING = TrainConfig(steps=400, batch_size=32, lr=4e-3, warmup=20, max_len=320)
+STARTER_SHAPE = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[END_OF_TEXT, IM_START, IM_END],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[END_OF_TEXT, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=IM_END, pad_token=END_OF_TEXT,
-                                   additional_special_tokens=[IM_START], chat_template=CHATML, model_max_length=2048)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token=IM_END,
+        pad_token=END_OF_TEXT,
+        additional_special_tokens=[IM_START],
+        chat_template=CHATML,
+        model_max_length=2048,
+    )
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    im_end, eot = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
-    config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=eot, eos_token_id=im_end,
-                         pad_token_id=eot, **STARTER_SHAPE)
+    im_end, eot = cast(list[int], tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT]))
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        bos_token_id=eot,
+        eos_token_id=im_end,
+        pad_token_id=eot,
+        **STARTER_SHAPE,
+    )
     model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, do_sample=False,
-                                               max_new_tokens=96)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[im_end, eot], pad_token_id=eot, do_sample=False, max_new_tokens=96
+    )
     return model
 
 
-def with_system(chats: list[formats.Chat], system_prompt: str) -> list[formats.Chat]:
-    return [[{"role": "system", "content": system_prompt}, *chat] for chat in chats]
-
-
-def bootstrap(data_dir: Path, system_prompt: str, data_files: list[Path] | None = None,
-              cfg: TrainConfig = STARTER_TRAINING) -> str:
-    """Build, train, export and register the starter model; returns its version name."""
+def bootstrap(
+    data_dir: Path, system_prompt: str, data_files: list[Path] | None = None, cfg: TuneConfig = PRESETS["scratch"]
+) -> str:
+    """Build, train, export and register the starter model; returns its version name. Of `cfg` only
+    the optimisation fields apply: the starter is a full training from nothing."""
     began = time.perf_counter()
     files = data_files or formats.shipped_files()
     chats = [chat for path in files for chat in formats.read_chats(path)]
     if not chats:
         raise formats.DataError("no training data")
-    chats = with_system(chats, system_prompt)
+    chats = [with_system(system_prompt, chat) for chat in chats]
     tokenizer = build_tokenizer([m["content"] for chat in chats for m in chat])
     model = build_model(tokenizer, seed=cfg.seed)
     registry = Registry(data_dir)
     version, scratch = registry.start_version()
     losses = train(model, tokenizer, chats, cfg, out_dir=scratch)
-    model.save_pretrained(scratch / "hf")
-    tokenizer.save_pretrained(scratch / "hf")
-    export.export_onnx(scratch / "hf", scratch / "onnx")
-    registry.register(version, scratch, {
-        "parent": None,
-        "base_model": "starter (Qwen2, trained from scratch)",
-        "parameters": model.num_parameters(),
-        "data_files": [str(p) for p in files],
-        "examples": len(chats),
-        "system_prompt": system_prompt,
-        "settings": {"train": cfg.__dict__, "shape": STARTER_SHAPE},
-        "final_loss": losses[-1],
-        "seconds": round(time.perf_counter() - began, 1),
-    })
+    model.save_pretrained(scratch / HF_DIR)
+    tokenizer.save_pretrained(scratch / HF_DIR)
+    export_onnx(scratch / HF_DIR, scratch / ONNX_DIR)
+    registry.register(
+        version,
+        scratch,
+        {
+            "parent": None,
+            "base_model": "starter (Qwen2, trained from scratch)",
+            "parameters": model.num_parameters(),
+            "data_files": [str(p) for p in files],
+            "examples": len(chats),
+            "system_prompt": system_prompt,
+            "config": asdict(cfg),
+            "shape": STARTER_SHAPE,
+            "final_loss": losses[-1],
+            "seconds": round(time.perf_counter() - began, 1),
+        },
+    )
     registry.promote(version)
-    log.info("starter model %s: %d parameters, %d chats, final loss %.4f, %.0f s", version, model.num_parameters(),
-             len(chats), losses[-1], time.perf_counter() - began)
+    log.info(
+        "starter model %s: %d parameters, %d chats, final loss %.4f, %.0f s",
+        version,
+        model.num_parameters(),
+        len(chats),
+        losses[-1],
+        time.perf_counter() - began,
+    )
     return version

@@ -8,6 +8,7 @@ written as a Hugging Face DatasetDict and as chat JSONL, with a small data card.
 - rated chats always train (they are what the monthly tune is for); the other rows are split into
   train/eval by a hash of the normalised question, so paraphrases of one template stay together.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,18 @@ from bot.privacy import mask_personal_data
 from bot.store import Store
 from tuning import formats
 
-COLUMNS = ("messages", "label", "rating", "correction", "chosen", "rejected", "source", "channel",
-           "conversation_id", "model_version")
+COLUMNS = (
+    "messages",
+    "label",
+    "rating",
+    "correction",
+    "chosen",
+    "rejected",
+    "source",
+    "channel",
+    "conversation_id",
+    "model_version",
+)
 EVAL_PERCENT = 10
 
 
@@ -47,34 +58,46 @@ async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
         if turn is None or turn.outcome != "answered":
             continue
         agent_score = sum(r["rating"] for r in ratings.get(turn_id, []) if r["role"] == "agent")
-        counts.update(f"customer_{'up' if r['rating'] > 0 else 'down'}" for r in ratings.get(turn_id, []) if r["role"] == "customer")
+        counts.update(
+            f"customer_{'up' if r['rating'] > 0 else 'down'}"
+            for r in ratings.get(turn_id, [])
+            if r["role"] == "customer"
+        )
         context = []
         for past in await store.session_turns(turn.channel, turn.conversation_id, turn.session, turn.id):
-            context += [{"role": "user", "content": mask_personal_data(past.user_text)},
-                        {"role": "assistant", "content": mask_personal_data(corrections.get(past.id, past.answer))}]
+            context += [
+                {"role": "user", "content": mask_personal_data(past.user_text)},
+                {"role": "assistant", "content": mask_personal_data(corrections.get(past.id, past.answer))},
+            ]
         question = {"role": "user", "content": mask_personal_data(turn.user_text)}
         answer = mask_personal_data(turn.answer)
-        meta = dict(channel=turn.channel, conversation_id=turn.conversation_id, model_version=turn.model_version,
-                    rating=agent_score or None)
+        meta = {
+            "channel": turn.channel,
+            "conversation_id": turn.conversation_id,
+            "model_version": turn.model_version,
+            "rating": agent_score or None,
+        }
         if turn_id in corrections:
             fixed = mask_personal_data(corrections[turn_id])
-            rows.append(_row(context + [question, {"role": "assistant", "content": fixed}], "chats", label="corrected",
-                             correction=fixed, chosen=fixed, rejected=answer, **meta))
+            label, target, verdict = "corrected", fixed, {"correction": fixed, "chosen": fixed, "rejected": answer}
         elif agent_score > 0:
-            rows.append(_row(context + [question, {"role": "assistant", "content": answer}], "chats", label="good",
-                             chosen=answer, **meta))
+            label, target, verdict = "good", answer, {"chosen": answer}
         elif agent_score < 0:
-            rows.append(_row(context + [question, {"role": "assistant", "content": answer}], "chats", label="bad",
-                             rejected=answer, **meta))
+            label, target, verdict = "bad", answer, {"rejected": answer}
         else:
             continue
+        messages = [*context, question, {"role": "assistant", "content": target}]
+        rows.append(_row(messages, "chats", label=label, **verdict, **meta))
         counts[rows[-1]["label"]] += 1
     return rows, counts
 
 
 def file_rows(paths: list[Path]) -> list[dict[str, Any]]:
-    return [_row([{**m, "content": mask_personal_data(m["content"])} for m in chat], path.name)
-            for path in paths for chat in formats.read_chats(path)]
+    return [
+        _row([{**m, "content": mask_personal_data(m["content"])} for m in chat], path.name)
+        for path in paths
+        for chat in formats.read_chats(path)
+    ]
 
 
 def template_key(messages: list[dict[str, str]]) -> str:
@@ -88,17 +111,24 @@ def in_eval(messages: list[dict[str, str]], percent: int = EVAL_PERCENT) -> bool
     return int.from_bytes(digest[:4], "big") % 100 < percent
 
 
-def build(db_path: Path | None, extra_files: list[Path], include_sample: bool = True,
-          eval_percent: int = EVAL_PERCENT) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+def build(
+    db_path: Path | None, extra_files: list[Path], include_sample: bool = True, eval_percent: int = EVAL_PERCENT
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """The splits (train, eval, negatives) and the data card."""
     chats, counts = asyncio.run(_read_store(db_path)) if db_path and db_path.exists() else ([], Counter())
     files = (formats.shipped_files() if include_sample else []) + list(extra_files)
     by_prompt: dict[str, dict[str, Any]] = {}
     for row in file_rows(files) + [r for r in chats if r["label"] != "bad"]:
         # Keyed by everything before the answer: a later source (rated chats) replaces an earlier one.
-        key = json.dumps([[m["role"], normalise_question(m["content"])] for m in row["messages"][:-1]], ensure_ascii=False)
+        key = json.dumps(
+            [[m["role"], normalise_question(m["content"])] for m in row["messages"][:-1]], ensure_ascii=False
+        )
         by_prompt[key] = row
-    splits: dict[str, list[dict[str, Any]]] = {"train": [], "eval": [], "negatives": [r for r in chats if r["label"] == "bad"]}
+    splits: dict[str, list[dict[str, Any]]] = {
+        "train": [],
+        "eval": [],
+        "negatives": [r for r in chats if r["label"] == "bad"],
+    }
     for row in by_prompt.values():
         held_out = row["source"] != "chats" and in_eval(row["messages"], eval_percent)
         splits["eval" if held_out else "train"].append(row)
@@ -130,8 +160,12 @@ def write(splits: dict[str, list[dict[str, Any]]], card: dict[str, Any], out_dir
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         (out_dir / f"{name}.jsonl").write_text(text, encoding="utf-8")
         digest.update(text.encode())
-    DatasetDict({name: Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in COLUMNS})
-                 for name, rows in splits.items()}).save_to_disk(str(out_dir / "hf"))
+    DatasetDict(
+        {
+            name: Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in COLUMNS})
+            for name, rows in splits.items()
+        }
+    ).save_to_disk(str(out_dir / "hf"))
     card = card | {"data_hash": digest.hexdigest()}
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
     return card["data_hash"]

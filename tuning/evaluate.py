@@ -5,19 +5,22 @@
 - BLEU-4 (sacrebleu, 0-1 scale; tokenize="zh" when references hold Chinese, "13a" otherwise);
 - ROUGE-L F1 over the same tokens; latency p50/p99 of whole answers.
 """
+
 from __future__ import annotations
 
 import re
 import statistics
 import time
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 import sacrebleu
 
 from bot.cache import normalise_question
-from bot.model import ChatModel
-from tuning.formats import Chat
+from bot.models.chat import Chat, with_system
+from bot.models.runtime import ChatModel
+from tuning.gate import Metrics
 
 ACCURACY_F1 = 0.8
 TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
@@ -38,7 +41,10 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def is_correct(prediction: str, reference: str) -> bool:
-    return normalise_question(prediction) == normalise_question(reference) or token_f1(prediction, reference) >= ACCURACY_F1
+    return (
+        normalise_question(prediction) == normalise_question(reference)
+        or token_f1(prediction, reference) >= ACCURACY_F1
+    )
 
 
 def rouge_l(prediction: str, reference: str) -> float:
@@ -59,36 +65,48 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 def bleu4(predictions: list[str], references: list[str]) -> float:
     tokenize = "zh" if any(CJK.search(r) for r in references) else "13a"
-    return min(1.0, sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize).score / 100)  # float noise can pass 100
+    return min(
+        1.0, sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize).score / 100
+    )  # float noise can pass 100
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def evaluate(model: ChatModel, chats: list[Chat], system_prompt: str, limit: int | None = None) -> dict[str, Any]:
+def evaluate(
+    model: ChatModel, chats: list[Chat], system_prompt: str, limit: int | None = None
+) -> tuple[Metrics, list[dict[str, str]]]:
+    """The metrics, and the first five answers beside their references."""
     chats = chats[:limit] if limit else chats
     if not chats:
         raise ValueError("nothing to evaluate: the data has no examples")
     predictions, references, latencies = [], [], []
     for chat in chats:
-        prompt = [{"role": "system", "content": system_prompt}, *chat[:-1]]
+        prompt = with_system(system_prompt, chat[:-1])
         began = time.perf_counter()
         predictions.append(model.generate(prompt))
         latencies.append(time.perf_counter() - began)
         references.append(chat[-1]["content"])
-    return {
-        "model_version": model.version,
-        "examples": len(chats),
-        "accuracy": sum(map(is_correct, predictions, references)) / len(chats),
-        "bleu4": bleu4(predictions, references),
-        "rouge_l": statistics.fmean(map(rouge_l, predictions, references)),
-        "latency_p50_s": percentile(latencies, 0.50),
-        "latency_p99_s": percentile(latencies, 0.99),
-        "samples": [{"question": c[-2]["content"] if len(c) > 1 else "", "reference": r, "answer": p}
-                    for c, r, p in list(zip(chats, references, predictions))[:5]],
-    }
+    metrics = Metrics(
+        examples=len(chats),
+        accuracy=sum(map(is_correct, predictions, references)) / len(chats),
+        bleu4=bleu4(predictions, references),
+        rouge_l=statistics.fmean(map(rouge_l, predictions, references)),
+        latency_p50_s=percentile(latencies, 0.50),
+        latency_p99_s=percentile(latencies, 0.99),
+    )
+    samples = [
+        {"question": c[-2]["content"] if len(c) > 1 else "", "reference": r, "answer": p}
+        for c, r, p in list(zip(chats, references, predictions, strict=True))[:5]
+    ]
+    return metrics, samples
+
+
+def report(version: str, metrics: Metrics, samples: list[dict[str, str]]) -> dict[str, Any]:
+    """The JSON `tuning eval` prints and a manifest's `metrics` hold."""
+    return {"model_version": version, **asdict(metrics), "samples": samples}
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -115,8 +133,11 @@ def ab_report(turns: list[Any], ratings: list[dict[str, Any]]) -> dict[str, dict
         latencies = [t.latency_ms / 1000 for t in mine]
         report[variant] = {
             "model_versions": sorted({t.model_version for t in mine}),
-            "turns": len(mine), "ratings": len(votes), "thumbs_up": ups,
-            "thumbs_up_share": ups / len(votes) if votes else None, "thumbs_up_ci95": [low, high],
+            "turns": len(mine),
+            "ratings": len(votes),
+            "thumbs_up": ups,
+            "thumbs_up_share": ups / len(votes) if votes else None,
+            "thumbs_up_ci95": [low, high],
             "latency_p50_s": percentile(latencies, 0.5) if latencies else None,
             "latency_p99_s": percentile(latencies, 0.99) if latencies else None,
         }

@@ -4,6 +4,7 @@
 Accepted: the origin document's JSON list `[{"context": "用户:...\\n客服:", "response": "..."}]`,
 chat JSONL `{"messages": [...]}` (one per line), and CSV with `instruction` and `response` columns.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-Chat = list[dict[str, str]]
+from bot.models.chat import Chat
+
 SPEAKERS = {"用户": "user", "客户": "user", "user": "user", "客服": "assistant", "assistant": "assistant"}
 SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data" / "sample"
 
@@ -43,14 +45,6 @@ def read_chats(path: Path) -> list[Chat]:
     raise DataError(f"{path}: unknown format {path.suffix!r}: use .json, .jsonl or .csv")
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Chat rows with any extra fields kept (intent, lang, rating...)."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        return [json.loads(line) | {"messages": chat} for line, chat in zip(filter(str.strip, _lines(path)), read_chats(path))]
-    return [{"messages": chat} for chat in read_chats(path)]
-
-
 def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
@@ -78,7 +72,9 @@ def _chat_from_row(row: Any, path: Path, n: int) -> Chat:
     if "messages" in row:
         messages = row["messages"]
         if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and m.get("role") in {"system", "user", "assistant"} and isinstance(m.get("content"), str)
+            isinstance(m, dict)
+            and m.get("role") in {"system", "user", "assistant"}
+            and isinstance(m.get("content"), str)
             for m in messages
         ):
             raise DataError(f"{path}: row {n}: messages must be a list of {{role, content}}")
@@ -93,7 +89,7 @@ def _chat_from_row(row: Any, path: Path, n: int) -> Chat:
 
 
 def _origin_context(context: Any, path: Path, n: int) -> Chat:
-    """"用户:我的订单什么时候到?\\n客服:" -> [{"role": "user", ...}]; the trailing empty 客服: is the slot."""
+    """ "用户:我的订单什么时候到?\\n客服:" -> [{"role": "user", ...}]; the trailing empty 客服: is the slot."""
     if not isinstance(context, str):
         raise DataError(f"{path}: row {n}: context must be text")
     chat: Chat = []

@@ -3,6 +3,7 @@
 Safe to run twice: a lock keeps two runs apart, a run with no new rated chats stops early, and a
 version is registered only when complete, so a killed run leaves production serving as it was.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,21 +13,24 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from bot.model import ChatModel, GenerationSettings
-from bot.store import Store
+from bot.models.chat import Chat, with_system
+from bot.models.export import export_onnx
+from bot.models.registry import HF_DIR, ONNX_DIR, Registry
+from bot.models.runtime import ChatModel, GenerationSettings
+from bot.store import Store, database_path
 from tuning import dataset, export
-from tuning.evaluate import evaluate
-from tuning.registry import Registry
-from tuning.train import LoraSettings, TrainConfig, fine_tune, require_base
+from tuning.config import MONTHLY, TuneConfig
+from tuning.evaluate import evaluate, report
+from tuning.gate import Gate, Metrics
+from tuning.train import fine_tune, require_base
 
 log = logging.getLogger(__name__)
-# Incremental tunes continue a trained model: fewer steps and a lower learning rate than the first.
-INCREMENTAL = TrainConfig(steps=300, batch_size=16, lr=2e-3, warmup=10, max_len=320)
 
 
 class NothingToDo(Exception):
@@ -34,37 +38,12 @@ class NothingToDo(Exception):
 
 
 @dataclass
-class Gate:
-    """How much worse than production a candidate may be and still be promoted."""
-    max_accuracy_drop: float = 0.02
-    max_bleu_drop: float = 0.02
-    max_p99_s: float = 1.5
-
-    def verdict(self, candidate: dict[str, Any], current: dict[str, Any] | None) -> list[str]:
-        reasons = []
-        if candidate["latency_p99_s"] > self.max_p99_s:
-            reasons.append(f"P99 latency {candidate['latency_p99_s']:.3f}s is over {self.max_p99_s}s")
-        if current:
-            if candidate["accuracy"] < current["accuracy"] - self.max_accuracy_drop:
-                reasons.append(f"accuracy {candidate['accuracy']:.3f} < production {current['accuracy']:.3f} - {self.max_accuracy_drop}")
-            if candidate["bleu4"] < current["bleu4"] - self.max_bleu_drop:
-                reasons.append(f"BLEU-4 {candidate['bleu4']:.3f} < production {current['bleu4']:.3f} - {self.max_bleu_drop}")
-        return reasons
-
-
-@dataclass
 class RunOptions:
+    config: TuneConfig = MONTHLY  # every tuning knob
     base: str | None = None  # None: the current production version
     extra_files: list[Path] = field(default_factory=list)
-    method: str = "lora"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(**INCREMENTAL.__dict__))
-    chat_weight: int = 8  # rated chats are few: show each this many times per pass over the data
-    quantize: str | None = None
     ab_share: float | None = None
-    gate: Gate = field(default_factory=Gate)
     force: bool = False
-    eval_limit: int | None = 200
 
 
 @contextmanager
@@ -98,52 +77,68 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     timings: dict[str, float] = {}
     began = time.perf_counter()
 
-    splits, card = dataset.build(data_dir / "bot.sqlite3", options.extra_files)
+    splits, card = dataset.build(database_path(data_dir), options.extra_files)
     rated = [r for r in splits["train"] if r["source"] == "chats"]
     parent = registry.manifest(state.current) if state.current else {}
     new_hash = chats_hash(splits["train"])
     if not options.force and (not rated or parent.get("chats_hash") == new_hash):
-        raise NothingToDo("no new rated chats since the current version: nothing to tune "
-                          "(agents rate answers with reactions or /feedback; --force tunes anyway)")
+        raise NothingToDo(
+            "no new rated chats since the current version: nothing to tune "
+            "(agents rate answers with reactions or /feedback; --force tunes anyway)"
+        )
     timings["dataset_s"] = time.perf_counter() - began
 
     version, scratch = registry.start_version()
     data_hash = dataset.write(splits, card, scratch / "dataset")
-    base = options.base or str(registry.path(state.current) / "hf")
-    chats = [r["messages"] for r in splits["train"] for _ in range(options.chat_weight if r["source"] == "chats" else 1)]
-    chats = [[{"role": "system", "content": system_prompt}, *c] for c in chats]
-    log.info("%s: tuning %s on %d examples (%d rated chats) with %s", version, base, len(chats), len(rated), options.method)
+    base = options.base or str(registry.hf_dir(registry.resolve("current")))
+    cfg = options.config
+    chats = [
+        with_system(system_prompt, r["messages"])
+        for r in splits["train"]
+        for _ in range(cfg.chat_weight if r["source"] == "chats" else 1)
+    ]
+    log.info("%s: tuning %s on %d examples (%d rated chats) with %s", version, base, len(chats), len(rated), cfg.method)
     t = time.perf_counter()
-    losses = fine_tune(base, chats, scratch, options.train, method=options.method, lora=options.lora)
+    losses = fine_tune(base, chats, scratch, cfg)
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    onnx_dir = export.export_onnx(scratch / "hf", scratch / "onnx")
-    if options.quantize:
+    onnx_dir = export_onnx(scratch / HF_DIR, scratch / ONNX_DIR)
+    if cfg.quantize:
         fp32 = scratch / "onnx-fp32"
         onnx_dir.rename(fp32)
-        export.quantize(fp32, scratch / "onnx", options.quantize)
+        export.quantize(fp32, scratch / ONNX_DIR, cfg.quantize)
         shutil.rmtree(fp32)
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     eval_chats = [r["messages"] for r in splits["eval"]] or [r["messages"] for r in splits["train"]]
-    candidate = ChatModel(version, scratch / "onnx", GenerationSettings())
-    metrics = evaluate(candidate, eval_chats, system_prompt, options.eval_limit)
-    production = None
+    metrics, metrics_report = _score(version, scratch / ONNX_DIR, eval_chats, system_prompt, cfg.eval_limit)
+    production, production_report = None, None
     if state.current:
-        current = ChatModel(state.current, registry.path(state.current) / "onnx", GenerationSettings())
-        production = evaluate(current, eval_chats, system_prompt, options.eval_limit)
+        production, production_report = _score(
+            state.current, registry.onnx_dir(state.current), eval_chats, system_prompt, cfg.eval_limit
+        )
     timings["evaluate_s"] = time.perf_counter() - t
 
-    registry.register(version, scratch, {
-        "parent": state.current, "base_model": str(options.base or parent.get("base_model", base)),
-        "data_hash": data_hash, "chats_hash": new_hash, "data_card": card, "system_prompt": system_prompt,
-        "settings": {"method": options.method, "lora": options.lora.__dict__, "train": options.train.__dict__,
-                     "chat_weight": options.chat_weight, "quantize": options.quantize},
-        "metrics": metrics, "production_metrics": production, "final_loss": losses[-1], "timings": timings,
-    })
-    reasons = options.gate.verdict(metrics, production)
+    registry.register(
+        version,
+        scratch,
+        {
+            "parent": state.current,
+            "base_model": str(options.base or parent.get("base_model", base)),
+            "data_hash": data_hash,
+            "chats_hash": new_hash,
+            "data_card": card,
+            "system_prompt": system_prompt,
+            "config": asdict(cfg),
+            "metrics": metrics_report,
+            "production_metrics": production_report,
+            "final_loss": losses[-1],
+            "timings": timings,
+        },
+    )
+    reasons = Gate.from_config(cfg).verdict(metrics, production)
     if reasons:
         outcome = "kept as candidate: " + "; ".join(reasons)
     elif options.ab_share:
@@ -153,12 +148,27 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
         registry.promote(version)
         outcome = f"promoted {version} to production"
     asyncio.run(audit(data_dir, "tuning", "tuning_run", version=version, outcome=outcome))
-    return {"version": version, "outcome": outcome, "promoted": not reasons and not options.ab_share,
-            "metrics": metrics, "production_metrics": production, "data": card, "timings": timings}
+    return {
+        "version": version,
+        "outcome": outcome,
+        "promoted": not reasons and not options.ab_share,
+        "metrics": metrics_report,
+        "production_metrics": production_report,
+        "data": card,
+        "timings": timings,
+    }
+
+
+def _score(
+    version: str, onnx_dir: Path, chats: list[Chat], system_prompt: str, limit: int | None
+) -> tuple[Metrics, dict[str, Any]]:
+    """A model's metrics, and the report (metrics and samples) a manifest keeps."""
+    metrics, samples = evaluate(ChatModel(version, onnx_dir, GenerationSettings()), chats, system_prompt, limit)
+    return metrics, report(version, metrics, samples)
 
 
 async def audit(data_dir: Path, actor: str, action: str, **detail: Any) -> None:
-    store = await Store.open(data_dir / "bot.sqlite3")
+    store = await Store.open(database_path(data_dir))
     try:
         await store.audit(actor, action, **detail)
     finally:

@@ -1,5 +1,7 @@
 """Training loop (nanoGPT-style): encode chats, shuffle, step, log. Used by the starter model and by
-the monthly LoRA tune. Loss falls on assistant tokens only: the prompt's labels are -100."""
+the monthly LoRA tune; every knob comes from one `TuneConfig` (tuning/config.py). Loss falls on
+assistant tokens only: the prompt's labels are -100."""
+
 from __future__ import annotations
 
 import json
@@ -7,47 +9,34 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from bot.models.chat import Chat
+from bot.models.registry import HF_DIR
+from tuning.config import TuneConfig
+
 log = logging.getLogger(__name__)
 IGNORE = -100
 
 
-@dataclass
-class TrainConfig:
-    steps: int = 300
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 20
-    weight_decay: float = 0.0
-    max_len: int = 256
-    seed: int = 0
-    grad_checkpointing: bool = False
-    log_every: int = 25
-    checkpoint_every: int = 0  # 0: no intermediate checkpoints
-
-
-def chat_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+def chat_segments(tokenizer: Any, messages: Chat) -> list[tuple[str, bool]]:
     """Split a rendered chat into (text, is_assistant_answer) pieces using the tokenizer's template."""
     segments, done = [], ""
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
             prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
             full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-            segments.append((prompt[len(done):], False))
-            segments.append((full[len(prompt):], True))
+            segments.append((prompt[len(done) :], False))
+            segments.append((full[len(prompt) :], True))
             done = full
     return segments
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> tuple[list[int], list[int]]:
+def encode(tokenizer: Any, messages: Chat, max_len: int) -> tuple[list[int], list[int]]:
     """Token ids and labels; each piece is tokenised on its own so the label mask is exact."""
     ids: list[int] = []
     labels: list[int] = []
@@ -70,7 +59,7 @@ def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, to
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def _lr_at(step: int, cfg: TuneConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
@@ -87,8 +76,8 @@ def device_and_dtype() -> tuple[torch.device, torch.dtype | None]:
 def train(
     model: torch.nn.Module,
     tokenizer: Any,
-    chats: list[list[dict[str, str]]],
-    cfg: TrainConfig,
+    chats: list[Chat],
+    cfg: TuneConfig,
     out_dir: Path | None = None,
     resume: bool = False,
 ) -> list[float]:
@@ -98,10 +87,8 @@ def train(
     torch.manual_seed(cfg.seed)
     device, autocast_dtype = device_and_dtype()
     model.to(device).train()
-    if cfg.grad_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
+    if cfg.grad_checkpointing:
+        _recompute_activations(model)
     rows = [encode(tokenizer, chat, cfg.max_len) for chat in chats]
     rows = [r for r in rows if any(label != IGNORE for label in r[1])]
     if not rows:
@@ -109,17 +96,10 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    start, losses = 0, []
     checkpoint = out_dir / "checkpoint.pt" if out_dir else None
-    if resume and checkpoint and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device)
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses = state["step"], state["losses"]
-        log.info("resumed from %s at step %d", checkpoint, start)
+    start, losses = load_checkpoint(checkpoint, model, optimizer, device) if resume and checkpoint else (0, [])
     order: list[int] = []
     rng = random.Random(cfg.seed + start)
-    loss_log = open(out_dir / "loss.jsonl", "a") if out_dir else None
     began = time.perf_counter()
     for step in tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps, mininterval=2):
         for group in optimizer.param_groups:
@@ -138,30 +118,45 @@ def train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(total)
-        if loss_log and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            loss_log.write(json.dumps({"step": step, "loss": round(total, 5), "s": round(time.perf_counter() - began, 2)}) + "\n")
-            loss_log.flush()
+        if out_dir and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            with open(out_dir / "loss.jsonl", "a") as loss_log:
+                loss_log.write(
+                    json.dumps({"step": step, "loss": round(total, 5), "s": round(time.perf_counter() - began, 2)})
+                    + "\n"
+                )
         if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-            torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step + 1, "losses": losses}, checkpoint)
-    if loss_log:
-        loss_log.close()
+            save_checkpoint(checkpoint, model, optimizer, losses)
     if checkpoint and checkpoint.exists():
         checkpoint.unlink()  # finished: the checkpoint only served to resume
     model.eval()
     return losses
 
 
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
+def _recompute_activations(model: Any) -> None:
+    """Gradient checkpointing (Hugging Face models): activations are recomputed in the backward pass."""
+    if hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # with frozen embeddings (LoRA) the checkpointed input needs grads
 
 
-@dataclass
-class LoraSettings:
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    targets: str = "all-linear"  # every linear projection (attention and MLP), not the LM head
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, losses: list[float]) -> None:
+    """The trainable weights (all of them, or only LoRA's), the optimiser state and the losses so far."""
+    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": len(losses), "losses": losses}, path)
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[int, list[float]]:
+    """Restore what `save_checkpoint` wrote, if it is there; returns the step to continue at and the losses."""
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, map_location=device)
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resumed from %s at step %d", path, state["step"])
+    return state["step"], state["losses"]
 
 
 def require_base(base: str | Path) -> None:
@@ -189,24 +184,30 @@ def load_base(base: str | Path) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def fine_tune(base: str | Path, chats: list[list[dict[str, str]]], out_dir: Path, cfg: TrainConfig,
-              method: str = "lora", lora: LoraSettings | None = None, resume: bool = False) -> list[float]:
-    """LoRA (merged afterwards) or full fine-tune of `base`; the result is saved as a plain model in
-    `out_dir`, so the next month's tune can start from it."""
+def fine_tune(base: str | Path, chats: list[Chat], out_dir: Path, cfg: TuneConfig, resume: bool = False) -> list[float]:
+    """LoRA (merged afterwards) or full fine-tune of `base`, as `cfg.method` says; the result is saved
+    as a plain model in `out_dir`, so the next month's tune can start from it."""
+    if cfg.method not in {"lora", "full"}:
+        raise ValueError(f"unknown method {cfg.method!r}: use lora or full")
     tokenizer, model = load_base(base)
-    if method == "lora":
+    if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = lora or LoraSettings()
-        model = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=lora.targets, task_type="CAUSAL_LM"))
-    elif method != "full":
-        raise ValueError(f"unknown method {method!r}: use lora or full")
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_rank,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=cfg.lora_targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     losses = train(model, tokenizer, chats, cfg, out_dir=out_dir, resume=resume)
-    if method == "lora":
+    if cfg.method == "lora":
         model = model.merge_and_unload()
-    model.to("cpu").save_pretrained(out_dir / "hf")
-    tokenizer.save_pretrained(out_dir / "hf")
-    model.generation_config.save_pretrained(out_dir / "hf")
+    model.to("cpu").save_pretrained(out_dir / HF_DIR)
+    tokenizer.save_pretrained(out_dir / HF_DIR)
+    model.generation_config.save_pretrained(out_dir / HF_DIR)
     return losses

@@ -4,6 +4,7 @@ version serves (current), which is on trial (candidate, with its A/B share) and 
 A version folder appears under its final name only when complete (built as `.partial`, then renamed),
 and state.json is replaced atomically, so an interrupted run never leaves a half-registered version.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,9 @@ from typing import Any
 
 STATE = "state.json"
 MANIFEST = "manifest.json"
+# Inside a version folder: the merged PyTorch weights (what the next tune starts from) and their ONNX build.
+HF_DIR = "hf"
+ONNX_DIR = "onnx"
 
 
 class RegistryError(Exception):
@@ -55,8 +59,16 @@ class Registry:
     def path(self, version: str) -> Path:
         folder = self.root / version
         if not (folder / MANIFEST).exists():
-            raise RegistryError(f"no registered model version {version!r} (have: {', '.join(self.versions()) or 'none'})")
+            raise RegistryError(
+                f"no registered model version {version!r} (have: {', '.join(self.versions()) or 'none'})"
+            )
         return folder
+
+    def hf_dir(self, version: str) -> Path:
+        return self.path(version) / HF_DIR
+
+    def onnx_dir(self, version: str) -> Path:
+        return self.path(version) / ONNX_DIR
 
     def manifest(self, version: str) -> dict[str, Any]:
         return json.loads((self.path(version) / MANIFEST).read_text())

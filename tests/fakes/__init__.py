@@ -1,4 +1,5 @@
 """Fake platform APIs on 127.0.0.1 for tests and benches."""
+
 from __future__ import annotations
 
 from aiohttp import web

@@ -1,5 +1,6 @@
 """A fake Slack Web API on 127.0.0.1: answers auth.test, records chat.postMessage, and can answer
 the next posts with 429 + Retry-After or refuse channels the bot is not in."""
+
 from __future__ import annotations
 
 import asyncio
@@ -65,8 +66,17 @@ class FakeSlackApi:
         else:
             args = dict(await request.post())
         if method == "auth.test":
-            return web.json_response({"ok": True, "url": "https://shop.slack.com/", "team": "Shop", "user": "shopbot",
-                                      "team_id": "T1", "user_id": BOT_USER, "bot_id": "BBOT"})
+            return web.json_response(
+                {
+                    "ok": True,
+                    "url": "https://shop.slack.com/",
+                    "team": "Shop",
+                    "user": "shopbot",
+                    "team_id": "T1",
+                    "user_id": BOT_USER,
+                    "bot_id": "BBOT",
+                }
+            )
         if method == "chat.postMessage":
             return self._post(args)
         return web.json_response({"ok": False, "error": "unknown_method"})
@@ -83,5 +93,11 @@ class FakeSlackApi:
             return web.json_response({"ok": False, "error": "no_text"})
         ts = f"1800000000.{len(self.posts) + 1:06d}"
         self.posts.append(Post(channel, args["text"], args.get("thread_ts"), ts, time.perf_counter()))
-        return web.json_response({"ok": True, "channel": channel, "ts": ts,
-                                  "message": {"type": "message", "text": args["text"], "user": BOT_USER, "ts": ts}})
+        return web.json_response(
+            {
+                "ok": True,
+                "channel": channel,
+                "ts": ts,
+                "message": {"type": "message", "text": args["text"], "user": BOT_USER, "ts": ts},
+            }
+        )

@@ -4,6 +4,7 @@ sendChatAction and setWebhook/deleteWebhook for the adapter to talk real HTTP to
 Tests queue updates with `push`, read what the bot sent from `sent`, and can make the next
 sendMessage calls fail with 429 (`flood`) or hang until released (`hold_sends`, to kill the bot mid-send).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -77,6 +78,7 @@ class FakeTelegram:
 
     async def wait_sent(self, count: int, timeout: float = 10.0, chat_id: int | None = None) -> list[Sent]:
         """Wait until at least `count` messages went out (to `chat_id` if given); returns them."""
+
         def matching() -> list[Sent]:
             return [s for s in self.sent if chat_id is None or s.chat_id == chat_id]
 
@@ -138,13 +140,21 @@ class FakeTelegram:
         chat_id = int(fields["chat_id"])
         reply = fields.get("reply_parameters") or {}
         thread = fields.get("message_thread_id")
-        sent = Sent(chat_id, fields["text"], next(self._message_ids), int(thread) if thread else None,
-                    reply.get("message_id"))
+        sent = Sent(
+            chat_id, fields["text"], next(self._message_ids), int(thread) if thread else None, reply.get("message_id")
+        )
         self.sent.append(sent)
         await self._notify()
         chat = {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"}
-        return _ok({"message_id": sent.message_id, "date": int(time.time()), "chat": chat, "text": sent.text,
-                    "from": {"id": BOT_ID, "is_bot": True, "first_name": "Shop", "username": BOT_USERNAME}})
+        return _ok(
+            {
+                "message_id": sent.message_id,
+                "date": int(time.time()),
+                "chat": chat,
+                "text": sent.text,
+                "from": {"id": BOT_ID, "is_bot": True, "first_name": "Shop", "username": BOT_USERNAME},
+            }
+        )
 
     async def _sendchataction(self, fields: dict[str, Any]) -> web.Response:
         return _ok(True)
@@ -184,6 +194,7 @@ def _error(status: int, description: str, parameters: dict[str, Any] | None = No
 
 # --- updates as Telegram writes them ---------------------------------------------------------------
 
+
 def user(user_id: int, first_name: str = "Customer", **extra: Any) -> dict[str, Any]:
     return {"id": user_id, "is_bot": False, "first_name": first_name, "language_code": "zh-hans", **extra}
 
@@ -199,8 +210,12 @@ _message_ids = itertools.count(1)
 
 def message(chat_id: int, text: str | None, from_id: int | None = None, **extra: Any) -> dict[str, Any]:
     """A `message` update body; `from_id` defaults to the chat (a private chat)."""
-    body: dict[str, Any] = {"message_id": next(_message_ids), "date": int(time.time()), "chat": chat(chat_id),
-                            "from": user(from_id or chat_id)}
+    body: dict[str, Any] = {
+        "message_id": next(_message_ids),
+        "date": int(time.time()),
+        "chat": chat(chat_id),
+        "from": user(from_id or chat_id),
+    }
     if text is not None:
         body["text"] = text
         if text.startswith("/"):
@@ -212,15 +227,29 @@ def message(chat_id: int, text: str | None, from_id: int | None = None, **extra:
 
 def reply_to(sent: Sent) -> dict[str, Any]:
     """`reply_to_message` for a message the bot sent."""
-    return {"message_id": sent.message_id, "date": int(time.time()), "chat": chat(sent.chat_id), "text": sent.text,
-            "from": {"id": BOT_ID, "is_bot": True, "first_name": "Shop", "username": BOT_USERNAME}}
+    return {
+        "message_id": sent.message_id,
+        "date": int(time.time()),
+        "chat": chat(sent.chat_id),
+        "text": sent.text,
+        "from": {"id": BOT_ID, "is_bot": True, "first_name": "Shop", "username": BOT_USERNAME},
+    }
 
 
-def reaction(chat_id: int, message_id: int, user_id: int, new: list[str], old: list[str] | None = None,
-             **extra: Any) -> dict[str, Any]:
+def reaction(
+    chat_id: int, message_id: int, user_id: int, new: list[str], old: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
     def kinds(emojis: list[str]) -> list[dict[str, str]]:
         return [{"type": "emoji", "emoji": e} for e in emojis]
 
-    return {"message_reaction": {"chat": chat(chat_id), "message_id": message_id, "user": user(user_id),
-                                 "date": int(time.time()), "old_reaction": kinds(old or []),
-                                 "new_reaction": kinds(new), **extra}}
+    return {
+        "message_reaction": {
+            "chat": chat(chat_id),
+            "message_id": message_id,
+            "user": user(user_id),
+            "date": int(time.time()),
+            "old_reaction": kinds(old or []),
+            "new_reaction": kinds(new),
+            **extra,
+        }
+    }

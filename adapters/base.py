@@ -1,0 +1,310 @@
+"""What every chat channel shares, so that a platform module keeps only what is its own.
+
+- **Record before acknowledge.** `receive` writes an event to the channel's inbox before the
+  platform may consider it delivered; it is marked done only after its reply went out.
+- **Replay and retries.** Events a crash left pending are replayed at start. An event whose handling
+  fails is retried with backoff while the bot runs; after `MAX_ATTEMPTS` it becomes a dead letter
+  (kept, with its last error, but never retried again), so one poisoned update cannot loop forever.
+  An error the platform will never accept (`is_permanent`) ends the event at once.
+- **One conversation at a time, in order.** Events of one conversation (`conversation_of`) are
+  handled one by one, in the order they arrived, so a quick second question sees the first as context.
+- **Delivery.** An answer is split at the platform's limit, every part is linked to its turn (so a
+  reaction on any part rates it), and an answer already in the chat is never sent again on replay.
+- **Agents.** Answers are mirrored to the agents' room; reactions become ratings; a fix command
+  becomes a correction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from bot.feedback import NotAllowed
+from bot.message import BotReply, UserMessage, pick_language
+from bot.service import ChannelService
+from bot.store import StoredTurn
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 5
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # backoff doubles from the first delay up to the cap
+STOP_GRACE_S = 5.0
+SENTENCE_END = re.compile(r"[。！？；!?;…]|[.!?;](?=\s)")
+
+
+class Texts:
+    """Replies about feedback, (English, Chinese); `{fix}` is the channel's fix command."""
+
+    FIX_USAGE = (
+        "Reply to one of my answers with {fix} followed by the corrected answer.",
+        "请回复我的某条回答,并发送 {fix} 加上正确的回答。",
+    )
+    FIX_REFUSED = ("Sorry, only agents can correct answers.", "抱歉,只有客服人员可以更正回答。")
+    FIX_SAVED = ("Thanks, the correction is saved.", "谢谢,更正已保存。")
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a message goes on the platform: a chat, optionally a thread or topic in it, and the
+    message the first part quotes."""
+
+    chat_id: str
+    thread: str | None = None
+    reply_to: str | None = None
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Parts of at most `limit` UTF-16 code units (the stricter way platforms count), cut at a line
+    break, else a sentence end, else a space in the second half of each part; a hard cut only where
+    there is none of them."""
+    parts: list[str] = []
+    text = text.strip()
+    while (fits := _fit(text, limit)) < len(text):
+        window = text[:fits]
+        cut = _boundary(window)
+        if part := window[:cut].rstrip():
+            parts.append(part)
+        text = text[cut:].lstrip()
+    if text:
+        parts.append(text)
+    return parts
+
+
+def _fit(text: str, limit: int) -> int:
+    """How many characters of `text` fit in `limit` UTF-16 code units."""
+    units = 0
+    for i, ch in enumerate(text):
+        units += 2 if ord(ch) > 0xFFFF else 1
+        if units > limit:
+            return i
+    return len(text)
+
+
+def _boundary(window: str) -> int:
+    half = len(window) // 2
+    line = window.rfind("\n") + 1
+    sentence = max((m.end() for m in SENTENCE_END.finditer(window)), default=0)
+    space = window.rfind(" ") + 1
+    return next((cut for cut in (line, sentence, space) if cut > half), len(window))
+
+
+class ChatChannel(ABC):
+    """A chat platform. Subclasses name it, set its message size, send one part, and turn platform
+    events into calls of `answer`, `rate_reaction`, `withdraw_reaction` and `fix`."""
+
+    name: ClassVar[str]
+    text_limit: ClassVar[int]
+    fix_command: ClassVar[str]
+    agents_room_is_trusted: ClassVar[bool] = True  # whether the agents' room members count as agents
+
+    def __init__(self, service: ChannelService, ratings: dict[str, int], agents_room: Place | None = None) -> None:
+        self.service = service
+        self.ratings = {self._reaction_name(name): rating for name, rating in ratings.items()}
+        self.agents_room = agents_room
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retries: set[asyncio.Task[Any]] = set()
+        self._active: set[str] = set()  # inbox keys being handled now
+        self._stopping = False
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    # --- to be written by each platform ---------------------------------------------------------------
+
+    @abstractmethod
+    async def handle_event(self, payload: dict[str, Any]) -> None:
+        """Act on one recorded event (a message, a reaction...)."""
+
+    @abstractmethod
+    async def post(self, place: Place, text: str, first: bool) -> str:
+        """Send one part of a message; the platform's id of the sent message."""
+
+    @abstractmethod
+    async def mirror_turn(self, turn: StoredTurn, who: str) -> None:
+        """Show a customer's question and its answer in the agents' room (linked to the turn)."""
+
+    def render(self, text: str) -> str:
+        """The bot's plain text as the platform's message text (e.g. with its markup escaped)."""
+        return text
+
+    def conversation_of(self, payload: dict[str, Any]) -> str | None:
+        """The conversation an event belongs to: its events are handled one at a time, in order."""
+        return None
+
+    def is_permanent(self, error: Exception) -> bool:
+        """Whether the platform will never accept what failed, so retrying is pointless."""
+        return False
+
+    # --- start and stop -------------------------------------------------------------------------------
+
+    def add_routes(self, app: Any) -> None:  # noqa: B027 (optional: most channels need no route)
+        """Routes on the bot's HTTP server (webhooks); none by default."""
+
+    async def start(self) -> None:
+        """Replay events recorded but not finished before the last stop or crash."""
+        pending = await self.service.pending()
+        if pending:
+            log.info("%s: handling %d events left pending at the last stop", self.name, len(pending))
+        for key, payload in pending:
+            self._schedule(key, payload)
+
+    async def stop(self) -> None:
+        """Let work in flight finish for a moment; what is cut off stays in the inbox for the next start."""
+        self._stopping = True
+        for retry in self._retries:
+            retry.cancel()
+        if self._tasks:
+            _, unfinished = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_S)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    # --- receiving --------------------------------------------------------------------------------------
+
+    async def receive(self, key: str, payload: dict[str, Any]) -> None:
+        """Record an event, then start handling it; the caller acknowledges it to the platform after."""
+        if await self.service.record(key, payload):
+            self._schedule(key, payload)
+        else:
+            log.info("%s: event %s delivered again; it was recorded before", self.name, key)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background; `stop` gives it a moment to finish."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _schedule(self, key: str, payload: dict[str, Any]) -> None:
+        if key not in self._active and not self._stopping:
+            self._active.add(key)
+            self.spawn(self._process(key, payload))
+
+    async def _process(self, key: str, payload: dict[str, Any]) -> None:
+        try:
+            async with self._lock(self.conversation_of(payload)):
+                await self.handle_event(payload)
+            await self.service.done(key)
+        except Exception as exc:
+            await self._failed(key, payload, exc)
+        finally:
+            self._active.discard(key)
+
+    async def _failed(self, key: str, payload: dict[str, Any], error: Exception) -> None:
+        if self.is_permanent(error):
+            log.warning("%s: event %s: the platform refused the reply (%s); not retrying", self.name, key, error)
+            await self.service.done(key)
+            return
+        attempts, dead = await self.service.failed(key, f"{type(error).__name__}: {error}", MAX_ATTEMPTS)
+        if dead:
+            log.error(
+                "%s: event %s failed %d times; set aside as a dead letter", self.name, key, attempts, exc_info=error
+            )
+            return
+        if self._stopping:  # still pending: the next start replays it
+            return
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (attempts - 1))
+        log.warning(
+            "%s: event %s failed (%s: %s); attempt %d of %d, retrying in %.0f s",
+            self.name,
+            key,
+            type(error).__name__,
+            error,
+            attempts,
+            MAX_ATTEMPTS,
+            delay,
+        )
+        retry = asyncio.create_task(self._retry_after(delay, key, payload))
+        self._retries.add(retry)
+        retry.add_done_callback(self._retries.discard)
+
+    async def _retry_after(self, delay: float, key: str, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(delay)
+        self._schedule(key, payload)
+
+    def _lock(self, conversation: str | None) -> asyncio.Lock:
+        if conversation is None:
+            return asyncio.Lock()  # no ordering needed: a lock of its own
+        lock = self._locks.get(conversation)
+        if lock is None:
+            lock = self._locks[conversation] = asyncio.Lock()
+        return lock
+
+    # --- answering and sending --------------------------------------------------------------------------
+
+    async def answer(self, message: UserMessage, place: Place, who: str | None = None) -> BotReply:
+        """The bot's answer to `message`, sent to `place` unless a replay finds it sent already; with
+        `who` (a customer in a private chat), mirrored to the agents' room too."""
+        reply = await self.service.handle(message)
+        if reply.text and not await self._already_sent(reply, place.chat_id):
+            await self.send(place, self.render(reply.text), reply.turn_id)
+        room = self.agents_room
+        if who and room and reply.turn_id is not None and not await self._already_sent(reply, room.chat_id):
+            self.spawn(self._mirror(reply.turn_id, who))  # off the answer's path: the agents' room is slower
+        return reply
+
+    async def send(self, place: Place, text: str, turn_id: int | None = None) -> list[str]:
+        """Send `text` split at the platform's limit, linking every part to the answer `turn_id`."""
+        sent: list[str] = []
+        for part in split_text(text, self.text_limit):
+            message_id = await self.post(place, part, first=not sent)
+            sent.append(message_id)
+            if turn_id is not None:
+                await self.service.link_answer(place.chat_id, message_id, turn_id)
+        return sent
+
+    async def _already_sent(self, reply: BotReply, chat_id: str) -> bool:
+        """Only a redelivered message can find its answer in the chat already."""
+        return reply.duplicate and reply.turn_id is not None and await self.service.answer_sent(chat_id, reply.turn_id)
+
+    async def _mirror(self, turn_id: int, who: str) -> None:
+        turn = await self.service.turn(turn_id)
+        if turn is None:
+            return
+        try:
+            await self.mirror_turn(turn, who)
+        except Exception:  # the customer has the answer: a failed mirror must not make it repeat
+            log.exception("%s: could not mirror turn %d to the agents' room", self.name, turn_id)
+
+    # --- feedback ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _reaction_name(name: str) -> str:
+        """Without emoji variation selectors and Slack's skin tones: 👍️ is 👍, +1::skin-tone-2 is +1."""
+        return name.split("::")[0].replace("\ufe0f", "")
+
+    def rating_of(self, reaction: str) -> int | None:
+        return self.ratings.get(self._reaction_name(reaction))
+
+    def in_agents_room(self, chat_id: str) -> bool:
+        return self.agents_room is not None and chat_id == self.agents_room.chat_id
+
+    def _trusted_room(self, chat_id: str) -> bool:
+        return self.agents_room_is_trusted and self.in_agents_room(chat_id)
+
+    async def rate_reaction(self, chat_id: str, message_id: str, user_id: str, rating: int | None) -> None:
+        """A reaction given (or, with None, all rating reactions taken back) on one of the bot's answers."""
+        turn_id = await self.service.answer_for(chat_id, message_id)
+        if turn_id is not None:
+            role = await self.service.rate(turn_id, user_id, rating, self._trusted_room(chat_id))
+            log.info("%s: %s (%s) rated turn %d: %s", self.name, user_id, role.value, turn_id, rating)
+
+    async def withdraw_reaction(self, chat_id: str, message_id: str, user_id: str, rating: int) -> None:
+        """One rating reaction removed: the user's rating is retracted if it was that one."""
+        turn_id = await self.service.answer_for(chat_id, message_id)
+        if turn_id is not None:
+            await self.service.withdraw(turn_id, user_id, rating)
+
+    async def fix(self, turn_id: int | None, user_id: str, correction: str, chat_id: str, language: str = "") -> str:
+        """An agent's corrected answer for `turn_id`; the reply to show them."""
+        texts = Texts.FIX_USAGE
+        if turn_id is not None and correction.strip():
+            try:
+                await self.service.correct(turn_id, user_id, correction, self._trusted_room(chat_id))
+                texts = Texts.FIX_SAVED
+            except NotAllowed:
+                log.info("%s: fix from %s refused: not an agent", self.name, user_id)
+                texts = Texts.FIX_REFUSED
+        return pick_language(texts, correction, language).format(fix=self.fix_command)

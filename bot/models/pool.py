@@ -1,0 +1,107 @@
+"""The serving models: the registry's current version (and an A/B candidate), reloaded when the
+registry changes so a promoted version serves without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bot.models.registry import Registry
+from bot.models.runtime import ChatModel, GenerationSettings, load_model
+
+log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(Exception):
+    pass
+
+
+class ModelPool:
+    """The serving model (and an A/B candidate), reloaded when the registry changes.
+
+    Answers already running keep the model object they started with, so a swap drops nothing.
+    Inference runs in a thread pool sized to the allowed concurrency, with a deadline.
+    """
+
+    def __init__(
+        self, data_dir: Path, settings: GenerationSettings, concurrency: int, timeout_s: float, external_model: str = ""
+    ) -> None:
+        self.registry = Registry(data_dir)
+        self.cache_root = data_dir / "exports"
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self.external_model = external_model
+        self.current: ChatModel | None = None
+        self.candidate: ChatModel | None = None
+        self.ab_share = 0.0
+        self._stamp: float | None = None
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="model")
+        self._reload_lock = asyncio.Lock()
+
+    def load(self) -> None:
+        """Load what the registry (or BOT_MODEL) names; blocking, for start-up."""
+        if self.external_model:
+            name = "external:" + Path(self.external_model).name
+            self.current = load_model(self.external_model, name, self.cache_root, self.settings)
+            return
+        self._stamp = self.registry.state_stamp()
+        state = self.registry.state()
+        if not state.current:
+            raise ModelUnavailable("no current model version in the registry")
+        self.current = self._load_version(state.current, self.current)
+        self.candidate = (
+            self._load_version(state.candidate, self.candidate) if state.candidate and state.ab_share > 0 else None
+        )
+        self.ab_share = state.ab_share if self.candidate else 0.0
+        log.info(
+            "serving model %s%s",
+            state.current,
+            f", candidate {state.candidate} for {self.ab_share:.0%} of users" if self.candidate else "",
+        )
+
+    def _load_version(self, version: str, loaded: ChatModel | None) -> ChatModel:
+        if loaded and loaded.version == version:
+            return loaded
+        return ChatModel(version, self.registry.onnx_dir(version), self.settings)
+
+    async def refresh(self) -> bool:
+        """Reload if the registry changed since the last look; True when something changed."""
+        if self.external_model or self.registry.state_stamp() == self._stamp:
+            return False
+        async with self._reload_lock:
+            if self.registry.state_stamp() == self._stamp:
+                return False
+            before = (self.version_of("current"), self.version_of("candidate"), self.ab_share)
+            await asyncio.get_running_loop().run_in_executor(None, self.load)
+            return before != (self.version_of("current"), self.version_of("candidate"), self.ab_share)
+
+    def version_of(self, variant: str) -> str:
+        model = self.candidate if variant == "candidate" else self.current
+        return model.version if model else ""
+
+    def pick(self, user_key: str) -> tuple[str, ChatModel]:
+        """A/B split, sticky per user: the same user always lands in the same bucket."""
+        if self.current is None:
+            raise ModelUnavailable("no model loaded")
+        if self.candidate and self.ab_share > 0:
+            bucket = int.from_bytes(hashlib.sha256(user_key.encode()).digest()[:4], "big") / 2**32
+            if bucket < self.ab_share:
+                return "candidate", self.candidate
+        return "current", self.current
+
+    async def generate(self, model: ChatModel, messages: list[dict[str, str]]) -> str:
+        loop = asyncio.get_running_loop()
+        began = time.perf_counter()
+        # max_time makes generate itself stop near the deadline, so a slow answer frees its thread.
+        job = loop.run_in_executor(self._executor, model.generate, messages, self.timeout_s)
+        answer = await asyncio.wait_for(job, timeout=self.timeout_s + 1.0)
+        if time.perf_counter() - began > self.timeout_s:
+            raise asyncio.TimeoutError
+        return answer
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,189 @@
+"""The channel base with a minimal fake channel, over the real bot and store: replay after a crash,
+retries and dead letters, ordering per conversation, split-and-link, and no resend on replay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters import base
+from adapters.base import ChatChannel, Place
+from bot.app import Bot, build_bot
+from bot.message import UserMessage
+from bot.service import ChannelService
+from bot.store import StoredTurn
+from tests.support import ORDER_A, ORDER_Q, make_settings
+
+LIMIT = 40
+
+
+class FakeChannel(ChatChannel):
+    """Events are `{"n": int, "conversation": str, "text": str, ...}`; posts are kept in a list."""
+
+    name = "fake"
+    text_limit = LIMIT
+    fix_command = "/fix"
+
+    def __init__(self, service: ChannelService, failures: dict[int, int] | None = None) -> None:
+        super().__init__(service, {"+1": 1, "-1": -1}, Place("agents"))
+        self.posts: list[tuple[Place, str]] = []
+        self.handled: list[int] = []  # events as they start
+        self.finished: list[int] = []  # events as they end
+        self.failures = failures or {}  # event n -> how many times it fails before it works
+        self.slow: set[int] = set()
+
+    def conversation_of(self, payload: dict[str, Any]) -> str | None:
+        return str(payload["conversation"])
+
+    async def handle_event(self, payload: dict[str, Any]) -> None:
+        n = payload["n"]
+        self.handled.append(n)
+        if self.failures.get(n, 0) > 0:
+            self.failures[n] -= 1
+            raise ConnectionError(f"platform down for event {n}")
+        if n in self.slow:
+            await asyncio.sleep(0.3)
+        if "text" in payload:
+            message = UserMessage(self.name, payload["conversation"], "u1", f"m{n}", payload["text"])
+            await self.answer(message, Place(payload["conversation"]), who="a customer")
+        self.finished.append(n)
+
+    async def post(self, place: Place, text: str, first: bool) -> str:
+        self.posts.append((place, text))
+        return f"p{len(self.posts)}"
+
+    async def mirror_turn(self, turn: StoredTurn, who: str) -> None:
+        assert self.agents_room
+        await self.send(self.agents_room, f"{who}: {turn.user_text} -> {turn.answer}", turn.id)
+
+
+@pytest.fixture
+async def bot(data_dir: Path) -> AsyncIterator[Bot]:
+    running = await build_bot(make_settings(data_dir))
+    yield running
+    await running.close()
+
+
+async def settle(channel: FakeChannel, service: ChannelService) -> None:
+    for _ in range(500):
+        if not await service.pending() and not channel._tasks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("events still pending")
+
+
+async def test_events_left_by_a_crash_are_replayed_in_order(bot: Bot) -> None:
+    service = ChannelService(bot, "fake")
+    for n in (1, 2, 3):  # recorded and acknowledged, then the process died
+        assert await service.record(str(n), {"n": n, "conversation": "c"})
+    channel = FakeChannel(service)
+    await channel.start()
+    await settle(channel, service)
+    assert channel.handled == [1, 2, 3]
+    await channel.stop()
+    again = FakeChannel(service)
+    await again.start()
+    assert again.handled == []  # done events are not replayed
+
+
+async def failing(bot: Bot, monkeypatch: pytest.MonkeyPatch, times: int) -> FakeChannel:
+    """A channel whose event 9 fails `times` times, after it has run its course."""
+    monkeypatch.setattr(base, "RETRY_FIRST_S", 0.01)
+    service = ChannelService(bot, "fake")
+    channel = FakeChannel(service, failures={9: times})
+    await channel.receive("9", {"n": 9, "conversation": "c"})
+    await settle(channel, service)
+    await channel.stop()
+    return channel
+
+
+async def test_a_failing_event_is_retried_while_running(bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    channel = await failing(bot, monkeypatch, times=2)
+    assert channel.handled == [9, 9, 9]
+    assert await bot.store.inbox_dead("fake") == []
+
+
+async def test_an_event_that_keeps_failing_becomes_a_dead_letter(bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    channel = await failing(bot, monkeypatch, times=100)
+    assert channel.handled == [9] * base.MAX_ATTEMPTS
+    [dead] = await bot.store.inbox_dead("fake")
+    assert dead["key"] == "9" and dead["attempts"] == base.MAX_ATTEMPTS and "platform down" in dead["last_error"]
+    restarted = FakeChannel(channel.service)
+    await restarted.start()
+    assert restarted.handled == []  # a dead letter is not retried at every start
+
+
+async def test_one_conversation_is_handled_in_order_others_in_parallel(bot: Bot) -> None:
+    service = ChannelService(bot, "fake")
+    channel = FakeChannel(service)
+    channel.slow = {1}
+    await channel.receive("1", {"n": 1, "conversation": "a"})
+    await channel.receive("2", {"n": 2, "conversation": "b"})
+    await channel.receive("3", {"n": 3, "conversation": "a"})
+    await settle(channel, service)
+    # b did not wait for a; a's second event waited for its first, though that one was slow.
+    assert channel.finished == [2, 1, 3]
+    await channel.stop()
+
+
+async def test_a_quick_second_question_sees_the_first_as_context(bot: Bot) -> None:
+    service = ChannelService(bot, "fake")
+    channel = FakeChannel(service)
+    channel.slow = {1}
+    await channel.receive("1", {"n": 1, "conversation": "c", "text": ORDER_Q})
+    await channel.receive("2", {"n": 2, "conversation": "c", "text": ORDER_Q})
+    await settle(channel, service)
+    first, second = [t for t in await bot.store.turns() if t.channel == "fake"]
+    assert (first.message_id, second.message_id) == ("m1", "m2")
+    assert not first.cached and not second.cached  # the second had the first as context
+    await channel.stop()
+
+
+async def test_long_answers_are_split_and_every_part_is_linked(bot: Bot) -> None:
+    service = ChannelService(bot, "fake")
+    channel = FakeChannel(service)
+    reply = await service.handle(UserMessage("fake", "c", "u1", "m1", ORDER_Q))
+    assert reply.turn_id is not None
+    text = "物流信息请在订单页面查看。" * 10  # 130 characters
+    ids = await channel.send(Place("c"), text, reply.turn_id)
+    parts = [t for _, t in channel.posts]
+    assert len(ids) == 4 and all(len(p) <= LIMIT for p in parts) and "".join(parts) == text
+    for message_id in ids:
+        assert await service.answer_for("c", message_id) == reply.turn_id
+
+
+async def test_a_replayed_message_never_sends_its_answer_twice(bot: Bot) -> None:
+    service = ChannelService(bot, "fake")
+    channel = FakeChannel(service)
+    message = UserMessage("fake", "c", "u1", "m1", ORDER_Q)
+    first = await channel.answer(message, Place("c"), who="a customer")
+    await settle(channel, service)
+    again = await channel.answer(message, Place("c"), who="a customer")  # the platform delivered it again
+    await settle(channel, service)
+    assert again.duplicate and again.turn_id == first.turn_id
+    assert [t for p, t in channel.posts if p.chat_id == "c"] == [ORDER_A]
+    mirrored = " ".join(t for p, t in channel.posts if p.chat_id == "agents")  # split at 40 characters
+    assert mirrored == f"a customer: {ORDER_Q} -> {ORDER_A}"
+
+
+async def test_reactions_and_fixes_go_through_the_service(bot: Bot) -> None:
+    service = ChannelService(bot, "fake")
+    channel = FakeChannel(service)
+    reply = await channel.answer(UserMessage("fake", "c", "u1", "m1", ORDER_Q), Place("c"))
+    assert reply.turn_id is not None
+    await channel.rate_reaction("c", "p1", "u1", channel.rating_of("+1::skin-tone-2"))
+    await channel.rate_reaction("c", "not-an-answer", "u1", 1)  # ignored
+    assert [(r["rater"], r["role"], r["rating"]) for r in await bot.store.ratings()] == [("fake:u1", "customer", 1)]
+    await channel.withdraw_reaction("c", "p1", "u1", -1)  # not the rating given: kept
+    assert len(await bot.store.ratings()) == 1
+    await channel.withdraw_reaction("c", "p1", "u1", 1)
+    assert await bot.store.ratings() == []
+    assert "only agents" in await channel.fix(reply.turn_id, "u1", "better answer", "c")
+    assert "已保存" in await channel.fix(
+        reply.turn_id, "u1", "更好的答案", "agents"
+    )  # the agents' room trusts its members
+    assert "/fix" in await channel.fix(None, "u1", "better answer", "c")
