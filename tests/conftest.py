@@ -18,11 +18,11 @@ from bot.server import RunningServer
 from tests.support import ROOT, SYSTEM_PROMPT, make_settings
 from tuning.bootstrap import bootstrap
 
-# What the starter model is built from: the data, the trainer and the model layer.
+# What the starter model is built from: the data, the trainer with its presets, and the export.
 STARTER_INPUTS = [
     *sorted((ROOT / "data").rglob("*.*")),
-    *sorted((ROOT / "tuning").glob("*.py")),
-    *sorted((ROOT / "bot" / "models").glob("*.py")),
+    *(ROOT / "tuning" / name for name in ("bootstrap.py", "train.py", "config.py", "formats.py")),
+    ROOT / "bot" / "models" / "export.py",
 ]
 
 
