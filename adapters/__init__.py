@@ -19,7 +19,7 @@ from adapters.telegram import TelegramChannel
 from bot.app import Bot
 from bot.config import ChannelSettings, SlackSettings, TelegramSettings
 from bot.server import Channel
-from bot.service import ChannelService
+from bot.service import ChannelService, build_admin
 
 CHANNELS: dict[str, tuple[type[ChannelSettings], Callable[[ChannelService, Any], Channel]]] = {
     "telegram": (TelegramSettings, TelegramChannel),
@@ -29,7 +29,7 @@ CHANNELS: dict[str, tuple[type[ChannelSettings], Callable[[ChannelService, Any],
 
 def build_channels(bot: Bot, settings: Mapping[str, ChannelSettings]) -> list[Channel]:
     """The HTTP channel, then every registered channel whose settings turn it on."""
-    channels: list[Channel] = [HttpChannel(ChannelService(bot, HTTP))]
+    channels: list[Channel] = [HttpChannel(ChannelService(bot, HTTP), build_admin(bot))]
     for name, (_, channel_class) in CHANNELS.items():
         given = settings.get(name)
         if given is not None and given.enabled:

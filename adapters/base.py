@@ -23,6 +23,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from bot.feedback import NotAllowed
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # backoff doubles from the first delay up to the cap
 STOP_GRACE_S = 5.0
+KEEP_DONE = timedelta(days=7)  # finished events are kept (without payload) this long, to spot redeliveries
 SENTENCE_END = re.compile(r"[。！？；!?;…]|[.!?;](?=\s)")
 
 
@@ -100,7 +102,6 @@ class ChatChannel(ABC):
     name: ClassVar[str]
     text_limit: ClassVar[int]
     fix_command: ClassVar[str]
-    agents_room_is_trusted: ClassVar[bool] = True  # whether the agents' room members count as agents
 
     def __init__(self, service: ChannelService, ratings: dict[str, int], agents_room: Place | None = None) -> None:
         self.service = service
@@ -144,7 +145,9 @@ class ChatChannel(ABC):
         """Routes on the bot's HTTP server (webhooks); none by default."""
 
     async def start(self) -> None:
-        """Replay events recorded but not finished before the last stop or crash."""
+        """Forget long-finished events, then replay those recorded but not finished before the last stop
+        or crash."""
+        await self.service.prune(KEEP_DONE)
         pending = await self.service.pending()
         if pending:
             log.info("%s: handling %d events left pending at the last stop", self.name, len(pending))
@@ -279,16 +282,14 @@ class ChatChannel(ABC):
         return self.ratings.get(self._reaction_name(reaction))
 
     def in_agents_room(self, chat_id: str) -> bool:
+        """Whether `chat_id` is the agents' room (its members are agents only with BOT_TRUST_AGENT_ROOM)."""
         return self.agents_room is not None and chat_id == self.agents_room.chat_id
-
-    def _trusted_room(self, chat_id: str) -> bool:
-        return self.agents_room_is_trusted and self.in_agents_room(chat_id)
 
     async def rate_reaction(self, chat_id: str, message_id: str, user_id: str, rating: int | None) -> None:
         """A reaction given (or, with None, all rating reactions taken back) on one of the bot's answers."""
         turn_id = await self.service.answer_for(chat_id, message_id)
         if turn_id is not None:
-            role = await self.service.rate(turn_id, user_id, rating, self._trusted_room(chat_id))
+            role = await self.service.rate(turn_id, user_id, rating, self.in_agents_room(chat_id))
             log.info("%s: %s (%s) rated turn %d: %s", self.name, user_id, role.value, turn_id, rating)
 
     async def withdraw_reaction(self, chat_id: str, message_id: str, user_id: str, rating: int) -> None:
@@ -302,7 +303,7 @@ class ChatChannel(ABC):
         texts = Texts.FIX_USAGE
         if turn_id is not None and correction.strip():
             try:
-                await self.service.correct(turn_id, user_id, correction, self._trusted_room(chat_id))
+                await self.service.correct(turn_id, user_id, correction, self.in_agents_room(chat_id))
                 texts = Texts.FIX_SAVED
             except NotAllowed:
                 log.info("%s: fix from %s refused: not an agent", self.name, user_id)

@@ -37,6 +37,19 @@ TEXT_LIMIT = 4000  # Slack's advice for the length of a message's text
 HANDLED_EVENTS = {"message", "app_mention", "reaction_added", "reaction_removed"}
 # Plain messages, and messages with files; edits, deletions and the like are not questions.
 ANSWERED_SUBTYPES = {None, "file_share", "thread_broadcast"}
+REPLAY_FIELDS = (
+    "type",
+    "subtype",
+    "user",
+    "bot_id",
+    "channel",
+    "channel_type",
+    "ts",
+    "thread_ts",
+    "text",
+    "reaction",
+    "item",
+)
 FIX = re.compile(r"!fix\b\s*(.*)", re.DOTALL)
 
 
@@ -49,11 +62,19 @@ def unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
+def replay_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """What handling an event needs: ids, kind, author, place, text. Not the envelope's verification token
+    and authorizations, nor rich-text blocks, edits' previous text or file metadata."""
+    kept = {k: event[k] for k in REPLAY_FIELDS if k in event}
+    if isinstance(kept.get("item"), dict):
+        kept["item"] = {k: kept["item"].get(k) for k in ("type", "channel", "ts")}
+    return kept
+
+
 class SlackChannel(ChatChannel):
     name = CHANNEL
     text_limit = TEXT_LIMIT
     fix_command = "!fix"
-    agents_room_is_trusted = False  # on Slack only AGENT_IDS are agents
 
     def __init__(self, service: ChannelService, settings: SlackSettings) -> None:
         super().__init__(
@@ -109,12 +130,13 @@ class SlackChannel(ChatChannel):
         """Bolt middleware, run after bolt's own checks for HTTP and Socket Mode alike. It never passes
         the request on: the response it returns is the acknowledgement."""
         event = body.get("event")
-        kind = event.get("type") if isinstance(event, dict) else None
+        event = event if isinstance(event, dict) else {}
+        kind = event.get("type")
         key = body.get("event_id")
         if body.get("type") != "event_callback" or kind not in HANDLED_EVENTS or not isinstance(key, str):
             log.info("slack: ignored a request of type %s (event type %s)", body.get("type"), kind)
         else:
-            await self.receive(key, body)
+            await self.receive(key, {"event": replay_fields(event)})
         return BoltResponse(status=200, body="")
 
     def conversation_of(self, payload: dict[str, Any]) -> str | None:

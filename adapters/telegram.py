@@ -58,6 +58,21 @@ CHANNEL = "telegram"
 ALLOWED_UPDATES = ["message", "message_reaction"]
 # Reaction -> rating; TELEGRAM_REACTIONS replaces it.
 DEFAULT_REACTIONS = {"👍": 1, "❤": 1, "🔥": 1, "👏": 1, "👎": -1, "💩": -1, "🤮": -1}
+# The parts of a message the handlers read (see replay_fields); a message with none of text or caption is
+# "not text" either way.
+MESSAGE_FIELDS = (
+    "message_id",
+    "date",
+    "chat",
+    "from",
+    "sender_chat",
+    "message_thread_id",
+    "is_topic_message",
+    "text",
+    "entities",
+    "caption",
+    "caption_entities",
+)
 MAX_MESSAGE_CHARS = 4096
 WEBHOOK_PATH = "/telegram/webhook"  # when TELEGRAM_WEBHOOK_URL has no path of its own
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -108,6 +123,23 @@ def conversation_id(message: Message) -> str:
     if message.is_topic_message and message.message_thread_id:
         return f"{message.chat.id}:{message.message_thread_id}"
     return str(message.chat.id)
+
+
+def replay_fields(update: dict[str, Any]) -> dict[str, Any]:
+    """What handling an update needs: ids, chat, sender, text and entities, the quoted message's ids. Not
+    photos, files, contacts, locations, or the text of the message it replies to."""
+    kept: dict[str, Any] = {"update_id": update["update_id"]}
+    if isinstance(update.get("message_reaction"), dict):
+        kept["message_reaction"] = update["message_reaction"]
+    message = update.get("message")
+    if isinstance(message, dict):
+        kept["message"] = {k: message[k] for k in MESSAGE_FIELDS if k in message}
+        quoted = message.get("reply_to_message")
+        if isinstance(quoted, dict):
+            kept["message"]["reply_to_message"] = {
+                k: quoted[k] for k in ("message_id", "date", "chat", "from") if k in quoted
+            }
+    return kept
 
 
 def reaction_emojis(reactions: list[Any]) -> list[str]:
@@ -261,7 +293,7 @@ class TelegramChannel(ChatChannel):
         if type(update_id) is not int:
             log.warning("ignoring a Telegram update without an update_id")
             return None
-        await self.receive(str(update_id), payload)
+        await self.receive(str(update_id), replay_fields(payload))
         return update_id
 
     def conversation_of(self, payload: dict[str, Any]) -> str | None:

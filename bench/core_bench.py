@@ -130,7 +130,7 @@ async def fresh_bot(data_dir: Path, scratch: Path) -> Bot:
     """The real bot on a copy of the models with an empty store, so runs never see each other's turns."""
     copy = Path(tempfile.mkdtemp(prefix="bot-", dir=scratch))
     shutil.copytree(data_dir / "models", copy / "models")
-    return await build_bot(BotSettings(_env_file=None, data_dir=copy))
+    return await build_bot(BotSettings(_env_file=None, data_dir=copy, user_rate_limit=0))  # floods on purpose
 
 
 class Messages:

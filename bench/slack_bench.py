@@ -103,7 +103,7 @@ async def wait_for(api: FakeSlackApi, channels: set[str], timeout: float) -> dic
 async def run(data_dir: Path, sequential: int, burst: int) -> list[tuple[str, str]]:
     api = FakeSlackApi(TOKEN)
     await api.start()
-    settings = BotSettings(_env_file=None, data_dir=data_dir, http_port=0)
+    settings = BotSettings(_env_file=None, data_dir=data_dir, http_port=0, user_rate_limit=0)  # floods on purpose
     server = await start(
         settings, {"slack": SlackSettings(_env_file=None, bot_token=TOKEN, signing_secret=SECRET, api_base=api.url)}
     )

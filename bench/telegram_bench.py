@@ -45,7 +45,7 @@ async def run_case(models: Path, chats: int, per_chat: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = Path(scratch)
         shutil.copytree(models, data_dir / "models")
-        settings = BotSettings(_env_file=None, data_dir=data_dir, http_port=0)
+        settings = BotSettings(_env_file=None, data_dir=data_dir, http_port=0, user_rate_limit=0)  # floods on purpose
         server = await start(
             settings, {"telegram": TelegramSettings(_env_file=None, bot_token=TOKEN, api_base=fake.url)}
         )

@@ -2,7 +2,7 @@
 
 `python -m bot run` serves the HTTP API and the configured channels; `python -m bot chat` talks to
 the bot in the terminal. With no model configured and none registered, the starter model is built
-from data/ first.
+from data/ first. `python -m bot audit verify|show` checks or prints the audit log (bot/audit.py).
 """
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ import asyncio
 import logging
 import signal
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from adapters import CHANNELS, build_channels
-from adapters import console as console_channel
-from bot.app import build_bot
+from bot import audit
 from bot.config import BotSettings, ChannelSettings, load, load_settings
 from bot.logs import setup_logging
 from bot.models.registry import Registry
-from bot.server import RunningServer, start_server
+
+# The serving stack (channels, model runtime, server) is imported by the functions that serve, so
+# `python -m bot audit ...` starts in a fraction of a second.
+if TYPE_CHECKING:
+    from bot.server import RunningServer
 
 log = logging.getLogger("bot")
 
@@ -39,6 +42,10 @@ def ensure_model(settings: BotSettings) -> None:
 
 async def start(settings: BotSettings, channels: Mapping[str, ChannelSettings]) -> RunningServer:
     """The bot and its channels, serving; `channels` maps a channel name to its settings."""
+    from adapters import build_channels
+    from bot.app import build_bot
+    from bot.server import start_server
+
     bot = await build_bot(settings)
     return await start_server(bot, build_channels(bot, channels))
 
@@ -54,6 +61,9 @@ async def serve(settings: BotSettings, channels: Mapping[str, ChannelSettings]) 
 
 
 async def console(settings: BotSettings) -> None:
+    from adapters import console as console_channel
+    from bot.app import build_bot
+
     bot = await build_bot(settings)
     try:
         await console_channel(bot)
@@ -63,11 +73,20 @@ async def console(settings: BotSettings) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
-    parser.add_argument("command", choices=["run", "chat"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,chat,audit}")
+    commands.add_parser("run", help="serve the HTTP API and the configured channels")
+    commands.add_parser("chat", help="talk to the bot in the terminal")
+    audit.add_commands(commands.add_parser("audit", help="check (verify) or print (show) the audit log"))
     args = parser.parse_args()
     settings = load_settings()
+    if args.command == "audit":
+        raise SystemExit(audit.main(args, settings))
+    from adapters import CHANNELS
+
     channels = {name: load(settings_class) for name, (settings_class, _) in CHANNELS.items()}
-    setup_logging(settings.log_level, [secret for c in channels.values() for secret in c.secrets()])
+    setup_logging(
+        settings.log_level, [*settings.secrets(), *(secret for c in channels.values() for secret in c.secrets())]
+    )
     ensure_model(settings)
     asyncio.run(serve(settings, channels) if args.command == "run" else console(settings))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from bot.cache import AnswerCache
 from bot.config import BotSettings, ConfigError
 from bot.feedback import Feedback
+from bot.limits import UserLimits
 from bot.models.pool import ModelPool
 from bot.models.runtime import GenerationSettings
 from bot.pipeline import DialogueManager, StepDeps
@@ -59,9 +60,18 @@ async def build_bot(settings: BotSettings) -> Bot:
         generation,
         settings.model_concurrency,
         settings.model_timeout_s,
+        settings.model_queue,
         external_model=settings.model,
     )
     await asyncio.get_running_loop().run_in_executor(None, models.load)
     cache = AnswerCache(settings.cache_size, settings.cache_ttl_s)
-    deps = StepDeps(store=store, models=models, words=build_word_filter(settings), cache=cache, settings=settings)
-    return Bot(settings, store, models, DialogueManager(deps), Feedback(store, settings.agents), cache)
+    limits = UserLimits(
+        settings.user_rate_limit,
+        settings.user_rate_period_s,
+        settings.blocked_cooldown_after,
+        settings.blocked_cooldown_s,
+    )
+    deps = StepDeps(
+        store=store, models=models, words=build_word_filter(settings), cache=cache, limits=limits, settings=settings
+    )
+    return Bot(settings, store, models, DialogueManager(deps), Feedback.from_settings(store, settings), cache)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -42,6 +46,8 @@ class BotSettings(_Env):
     repetition_penalty: float = Field(1.0, ge=1.0)
     model_timeout_s: float = Field(20.0, gt=0)
     model_concurrency: int = Field(1, ge=1)
+    # Answers that may wait for a free model slot (each at most model_timeout_s); more get a "busy" reply.
+    model_queue: int = Field(8, ge=0)
     model_threads: int = Field(0, ge=0)  # ONNX Runtime threads per answer; 0 = one per core
     session_idle_minutes: float = Field(30.0, gt=0)
     cache_size: int = Field(4096, ge=0)
@@ -54,8 +60,22 @@ class BotSettings(_Env):
     max_message_chars: int = Field(4000, ge=1)
     # Comma-separated `channel:user_id` entries of human agents, shared by every channel.
     agent_ids: str = Field("", validation_alias=AliasChoices("AGENT_IDS", "BOT_AGENT_IDS"))
+    # The same for admins (they can do everything agents can, and use the admin API).
+    admin_ids: str = Field("", validation_alias=AliasChoices("ADMIN_IDS", "BOT_ADMIN_IDS"))
+    # Whether members of a channel's agents' room (TELEGRAM_AGENT_CHAT_ID) count as agents for that.
+    trust_agent_room: bool = False
+    # HTTP API: the service token front ends send for /chat and customer feedback (Authorization: Bearer).
+    api_token: str = ""
+    # HTTP API: personal tokens, comma-separated `name:role:sha256hex-of-token` (role customer/agent/admin).
+    api_keys: str = ""
     log_level: str = "INFO"
     registry_poll_s: float = Field(2.0, gt=0)
+    # Abuse limits per user: at most user_rate_limit messages per user_rate_period_s (0: no limit), and a
+    # cool-down of blocked_cooldown_s after blocked_cooldown_after messages with blocked words (0: none).
+    user_rate_limit: int = Field(20, ge=0)
+    user_rate_period_s: float = Field(60.0, gt=0)
+    blocked_cooldown_after: int = Field(3, ge=0)
+    blocked_cooldown_s: float = Field(300.0, gt=0)
 
     @field_validator("log_level")
     @classmethod
@@ -63,6 +83,19 @@ class BotSettings(_Env):
         if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value.upper()
+
+    @field_validator("api_token")
+    @classmethod
+    def _long_token(cls, value: str) -> str:
+        if value and len(value) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
 
     @field_validator("filter_policy")
     @classmethod
@@ -82,6 +115,30 @@ class BotSettings(_Env):
         return frozenset(a.strip() for a in self.agent_ids.split(",") if a.strip())
 
     @property
+    def admins(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in self.admin_ids.split(",") if a.strip())
+
+    @property
+    def keys(self) -> list[ApiKey]:
+        return parse_api_keys(self.api_keys)
+
+    @property
+    def auth_configured(self) -> bool:
+        """Whether the HTTP API checks tokens; without any, it is open and must stay on loopback."""
+        return bool(self.api_token or self.api_keys.strip())
+
+    def secrets(self) -> list[str]:
+        """Values the logs must never show."""
+        return [self.api_token]
+
+    def check(self) -> None:
+        if not self.auth_configured and not is_loopback(self.http_host):
+            raise ConfigError(
+                f"config error: BOT_HTTP_HOST: {self.http_host or '(all interfaces)'} is not a loopback address; "
+                "set BOT_API_TOKEN or BOT_API_KEYS first (without a token the HTTP API is open and serves 127.0.0.1 only)"
+            )
+
+    @property
     def policies(self) -> dict[str, str]:
         pairs = (p.strip().partition("=") for p in self.filter_policy.split(",") if p.strip())
         return {category: policy for category, _, policy in pairs}
@@ -89,6 +146,58 @@ class BotSettings(_Env):
     @staticmethod
     def paths(value: str) -> list[Path]:
         return [Path(p.strip()) for p in value.split(",") if p.strip()]
+
+
+# The caller name of BOT_API_TOKEN (and of anyone on loopback when no token is configured): a
+# customers' front end, never an agent. Not usable as a BOT_API_KEYS name.
+SERVICE = "service"
+ROLE_NAMES = ("customer", "agent", "admin")
+MIN_TOKEN_CHARS = 16
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One personal HTTP token: its owner's name (`http:<name>`), role and the token's SHA-256 (hex)."""
+
+    name: str
+    role: str
+    sha256: str
+
+
+def parse_api_keys(value: str) -> list[ApiKey]:
+    """`name:role:sha256hex,...` -> keys; a bad entry raises ValueError naming it (never the hash)."""
+    keys: list[ApiKey] = []
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        parts = [p.strip() for p in entry.split(":")]
+        if len(parts) != 3:
+            raise ValueError("expected comma-separated name:role:sha256hex entries")
+        name, role, digest = parts
+        if not _KEY_NAME.fullmatch(name) or name == SERVICE:
+            raise ValueError(f"{name!r}: a name is letters, digits and _ . @ - (and not {SERVICE!r})")
+        if role not in ROLE_NAMES:
+            raise ValueError(f"{name}: role must be one of {', '.join(ROLE_NAMES)}")
+        if not _SHA256_HEX.fullmatch(digest.lower()):
+            raise ValueError(f"{name}: the third part must be the token's SHA-256 as 64 hex digits")
+        if any(k.name == name for k in keys):
+            raise ValueError(f"{name}: listed twice")
+        keys.append(ApiKey(name, role, digest.lower()))
+    return keys
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 (hex) of a token, as BOT_API_KEYS lists it."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def reaction_ratings(value: str) -> dict[str, int]:
@@ -176,8 +285,8 @@ def load(cls: type[Loaded]) -> Loaded:
         err = exc.errors()[0]
         prefix = cls.model_config.get("env_prefix", "")
         name = (prefix + str(err["loc"][0])).upper() if err["loc"] else cls.__name__
-        if name == "BOT_AGENT_IDS":
-            name = "AGENT_IDS"
+        if name in ("BOT_AGENT_IDS", "BOT_ADMIN_IDS"):
+            name = name.removeprefix("BOT_")
         raise ConfigError(f"config error: {name}: {err['msg']}") from None
     settings.check()
     return settings

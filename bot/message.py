@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# Chat-template control tokens (<|im_start|>, <|im_end|>, <|endoftext|>...): typed by a person they
+# would become real special tokens and could forge a system turn, in answers and in training data.
+CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>")
+
+
+def strip_control_tokens(text: str) -> str:
+    """People's text without chat-template control tokens."""
+    return CONTROL_TOKEN.sub("", text)
 
 
 def pick_language(texts: tuple[str, str], text: str = "", language: str = "") -> str:

@@ -23,9 +23,10 @@ from prometheus_client import Counter, Histogram
 
 from bot.cache import AnswerCache
 from bot.config import BotSettings
-from bot.message import BotReply, UserMessage, pick_language
+from bot.limits import UserLimits
+from bot.message import BotReply, UserMessage, pick_language, strip_control_tokens
 from bot.models.chat import with_system
-from bot.models.pool import ModelPool
+from bot.models.pool import ModelBusy, ModelPool
 from bot.models.runtime import ChatModel
 from bot.privacy import mask_personal_data
 from bot.store import Store
@@ -57,6 +58,15 @@ class Replies:
         "抱歉,我暂时无法回答,请稍后再试或联系人工客服。",
     )
     RESET = ("Started a new conversation.", "已开始新的对话。")
+    RATE_LIMITED = (
+        "You're sending messages very quickly. Please wait a moment, then ask again.",
+        "您发送消息太频繁了,请稍等片刻再问。",
+    )
+    COOLING_DOWN = (
+        "Let's take a short break; I can help again in a few minutes.",
+        "请稍作休息,几分钟后我可以继续为您服务。",
+    )
+    BUSY = ("Many customers are asking right now. Please try again in a minute.", "当前咨询人数较多,请稍后再试。")
 
 
 @dataclass
@@ -73,7 +83,8 @@ class WorkingTurn:
     variant: str = "current"
     model_version: str = ""
     answer: str | None = None
-    outcome: str = "answered"  # answered | blocked | fallback | too_long | empty | reset
+    # answered | blocked | fallback | busy | too_long | empty | reset | rate_limited | cooling_down
+    outcome: str = "answered"
     cached: bool = False
     duplicate: bool = False
     done: bool = False
@@ -100,6 +111,7 @@ class StepDeps:
     models: ModelPool
     words: WordFilter
     cache: AnswerCache
+    limits: UserLimits
     settings: BotSettings
 
 
@@ -117,26 +129,34 @@ class Step:
 
 
 class CheckInput(Step):
-    """Clean the text; an empty message ends the turn, `/reset` starts a new session, an overlong
-    one is cut (and answered with a request to be brief)."""
+    """Clean the text (control characters and chat-template tokens out, cut at the length limit). An
+    empty message ends the turn; a user over their message rate, or cooling down after blocked words,
+    gets a polite reply and no model call; `/reset` starts a new session; an overlong message is asked
+    to be brief."""
 
     name = "check_input"
 
     async def __call__(self, turn: WorkingTurn) -> None:
         # Control characters (other than newlines and tabs) carry nothing a customer meant to say.
-        turn.text = "".join(ch for ch in turn.text if ch in "\n\t" or unicodedata.category(ch)[0] != "C").strip()
-        limit = self.deps.settings.max_message_chars
+        text = "".join(ch for ch in turn.text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+        turn.text = strip_control_tokens(text).strip()
+        limit, sender = self.deps.settings.max_message_chars, turn.message.sender
+        too_long = len(turn.text) > limit
+        turn.text = turn.text[:limit]
         if not turn.text:
             turn.canned(Replies.EMPTY, "empty")
             turn.done = True
+        elif self.deps.limits.cooling_down(sender):
+            turn.canned(Replies.COOLING_DOWN, "cooling_down")
+        elif not await self.deps.limits.allow(sender):
+            turn.canned(Replies.RATE_LIMITED, "rate_limited")
         elif turn.text.casefold() in RESET_COMMANDS:
             msg = turn.message
             turn.session = await self.deps.store.new_session(msg.channel, msg.conversation_id)
             turn.canned(Replies.RESET, "reset")
             turn.done = True
-        elif len(turn.text) > limit:
+        elif too_long:
             turn.canned(Replies.TOO_LONG, "too_long")
-            turn.text = turn.text[:limit]
 
 
 class Deduplicate(Step):
@@ -146,8 +166,8 @@ class Deduplicate(Step):
 
     async def __call__(self, turn: WorkingTurn) -> None:
         earlier = await self.deps.store.turn_for_message(turn.message.channel, turn.message.message_id)
-        if earlier:
-            turn.settle(earlier.answer, earlier.outcome)
+        if earlier:  # the stored answer wins over anything settled so far
+            turn.answer, turn.outcome = earlier.answer, earlier.outcome
             turn.turn_id, turn.cached, turn.duplicate, turn.done = earlier.id, earlier.cached, True, True
             turn.variant, turn.model_version = earlier.variant, earlier.model_version
 
@@ -167,6 +187,7 @@ class InputFilter(Step):
         turn.text = verdict.text
         if verdict.blocked:
             turn.canned(Replies.BLOCKED, "blocked")
+            self.deps.limits.note_blocked(turn.message.sender)
         if verdict.categories:
             await self.deps.store.audit(
                 turn.message.sender,
@@ -235,6 +256,10 @@ class GenerateAnswer(Step):
         assert model is not None  # build_context picked it
         try:
             answer = await self.deps.models.generate(model, turn.prompt)
+        except ModelBusy as busy:
+            log.warning("model busy on %s: %s", turn.message.message_id, busy)
+            turn.canned(Replies.BUSY, "busy")
+            return
         except asyncio.TimeoutError:
             log.warning("model %s timed out on %s", model.version, turn.message.message_id)
             answer = ""

@@ -48,8 +48,19 @@ class RunningServer:
 
 
 async def start_server(bot: Bot, channels: Sequence[Channel]) -> RunningServer:
-    """Serve `channels` on the configured address; on failure the port and the store are released."""
+    """Serve `channels` on the configured address; on failure the port and the store are released.
+    Without any HTTP token configured the API is open, so it may only listen on loopback."""
     settings = bot.settings
+    try:
+        settings.check()  # also for settings not read through config.load (tests, embedding)
+    except BaseException:
+        await bot.close()
+        raise
+    if not settings.auth_configured:
+        log.warning(
+            "no BOT_API_TOKEN or BOT_API_KEYS: the HTTP API needs no token, so it listens on loopback (%s) only",
+            settings.http_host,
+        )
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     for channel in channels:
         channel.add_routes(app)

@@ -7,12 +7,21 @@ another channel's rows.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from bot.admin import Admin
 from bot.app import Bot
 from bot.feedback import Role
-from bot.message import BotReply, UserMessage
+from bot.message import BotReply, UserMessage, strip_control_tokens
+from bot.models.registry import Registry
+from bot.privacy import mask_personal_data
 from bot.store import StoredTurn
+
+
+def build_admin(bot: Bot) -> Admin:
+    """The HTTP channel's second object: token checks and the admin API (bot/admin.py)."""
+    return Admin(Registry(bot.settings.data_dir), bot.store, bot.feedback)
 
 
 class ChannelService:
@@ -40,8 +49,10 @@ class ChannelService:
         await self._bot.feedback.withdraw(turn_id, self.sender(user_id), rating)
 
     async def correct(self, turn_id: int, user_id: str, text: str, in_agent_chat: bool = False) -> None:
-        """Store an agent's corrected answer; NotAllowed for others, ValueError when empty."""
-        await self._bot.feedback.correct(turn_id, self.sender(user_id), text, in_agent_chat)
+        """Store an agent's corrected answer, masked and without control tokens (it becomes training
+        data); NotAllowed for others, ValueError when empty."""
+        clean = mask_personal_data(strip_control_tokens(text))
+        await self._bot.feedback.correct(turn_id, self.sender(user_id), clean, in_agent_chat)
 
     async def turn(self, turn_id: int) -> StoredTurn | None:
         return await self._store.turn(turn_id)
@@ -76,6 +87,9 @@ class ChannelService:
 
     async def pending(self) -> list[tuple[str, dict[str, Any]]]:
         return await self._store.inbox_pending(self.channel)
+
+    async def prune(self, older_than: timedelta) -> int:
+        return await self._store.inbox_prune(self.channel, older_than)
 
     # --- status -------------------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ Every write commits before the caller acknowledges anything, so a restart loses 
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -96,6 +97,33 @@ MIGRATIONS: list[str] = [
     ALTER TABLE inbox ADD COLUMN last_error TEXT;
     ALTER TABLE inbox ADD COLUMN dead_at TEXT;
     """,
+    # Tamper-evident audit log: who, role, what, target, channel, outcome, and a hash chain (see
+    # bot/audit.py). Rows written before this migration get their hashes at the next open (_seal_audit).
+    """
+    ALTER TABLE audit ADD COLUMN role TEXT;
+    ALTER TABLE audit ADD COLUMN target TEXT;
+    ALTER TABLE audit ADD COLUMN channel TEXT;
+    ALTER TABLE audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok';
+    ALTER TABLE audit ADD COLUMN prev_hash TEXT;
+    ALTER TABLE audit ADD COLUMN hash TEXT;
+    UPDATE audit SET channel = substr(actor, 1, instr(actor, ':') - 1) WHERE instr(actor, ':') > 1;
+    UPDATE audit SET role = json_extract(detail, '$.role') WHERE json_valid(detail);
+    CREATE INDEX audit_unsealed ON audit (id) WHERE hash IS NULL;
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit WHEN OLD.hash IS NOT NULL
+    BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
+    """,
+    # Roles granted at run time by an admin (bot/feedback.py `Roles`); a subject not listed has only
+    # the roles the settings give it.
+    """
+    CREATE TABLE roles (
+        subject TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('agent', 'admin')),
+        granted_by TEXT NOT NULL,
+        granted_at TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -134,6 +162,7 @@ class Store:
         await db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
         store = cls(db)
         await store._migrate()
+        await store._seal_audit()
         return store
 
     async def close(self) -> None:
@@ -280,14 +309,87 @@ class Store:
 
     # --- audit log --------------------------------------------------------------------------------
 
-    async def audit(self, actor: str, action: str, **detail: Any) -> None:
-        await self._write(
-            "INSERT INTO audit (at, actor, action, detail) VALUES (?,?,?,?)",
-            (utcnow().isoformat(), actor, action, json.dumps(detail, ensure_ascii=False, default=str)),
-        )
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        *,
+        role: str | None = None,
+        target: object = None,
+        channel: str | None = None,
+        outcome: str = "ok",
+        **detail: Any,
+    ) -> int:
+        """Append one row to the hash-chained audit log; its id. `channel` defaults to the actor's
+        prefix (`telegram:42` -> `telegram`). The row links to the log's last row inside the INSERT
+        itself (a compare-and-swap on that row's hash), so concurrent writers, in this process or
+        another one, never fork the chain: the loser reads the new last row and tries again."""
+        if channel is None and ":" in actor:
+            channel = actor.split(":", 1)[0]
+        row = {
+            "actor": actor,
+            "role": role,
+            "action": action,
+            "target": None if target is None else str(target),
+            "channel": channel,
+            "outcome": outcome,
+            "detail": json.dumps(detail, ensure_ascii=False, default=str),
+        }
+        for _ in range(100):
+            last = await self._fetchone("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", ())
+            prev = AUDIT_GENESIS if last is None else last["hash"] or ""
+            row["at"] = utcnow().isoformat()
+            cursor = await self._write(
+                "INSERT INTO audit (at, actor, role, action, target, channel, outcome, detail, prev_hash, hash) "
+                "SELECT ?,?,?,?,?,?,?,?,?,? "
+                "WHERE COALESCE((SELECT IFNULL(hash, '') FROM audit ORDER BY id DESC LIMIT 1), ?) = ?",
+                (*(row[name] for name in AUDIT_FIELDS), prev, audit_hash(prev, row), AUDIT_GENESIS, prev),
+            )
+            if cursor.rowcount == 1 and cursor.lastrowid is not None:
+                return cursor.lastrowid
+        raise RuntimeError("audit log: could not append after 100 concurrent writes")
 
-    async def audit_events(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self._fetchall("SELECT * FROM audit ORDER BY id", ())]
+    async def audit_events(
+        self,
+        actor: str | None = None,
+        action: str | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Audit rows, oldest first, with their hashes (`detail` is the stored JSON text). Filters:
+        actor, action, `at` >= since (an ISO time in UTC); `limit` keeps the newest rows."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("actor = ?", actor), ("action = ?", action), ("at >= ?", since)):
+            if value is not None:
+                where.append(column)
+                args.append(value)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        if limit is None:
+            rows = await self._fetchall(sql + " ORDER BY id", args)
+        else:
+            rows = await self._fetchall(f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY id", [*args, limit])
+        return [dict(r) for r in rows]
+
+    async def _seal_audit(self) -> None:
+        """Chain the rows written before the log had a hash chain (once, at the first open after the
+        migration). Only a log without any hashed row is sealed: a hashless row slipped in later stays
+        unhashed, so `verify` reports it instead of this step blessing it."""
+        if await self._fetchone("SELECT 1 FROM audit WHERE hash IS NULL LIMIT 1", ()) is None:
+            return
+        await self._db.execute("BEGIN IMMEDIATE")  # another process may be opening the store too
+        try:
+            if await self._fetchone("SELECT 1 FROM audit WHERE hash IS NOT NULL LIMIT 1", ()) is None:
+                prev, updates = AUDIT_GENESIS, []
+                for row in await self._fetchall("SELECT * FROM audit ORDER BY id", ()):
+                    digest = audit_hash(prev, dict(row))
+                    updates.append((prev, digest, row["id"]))
+                    prev = digest
+                await self._db.executemany("UPDATE audit SET prev_hash=?, hash=? WHERE id=?", updates)
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
 
     # --- inbox: platform events recorded before they are acknowledged ---------------------------
 
@@ -300,15 +402,27 @@ class Store:
         return cursor.rowcount == 1
 
     async def inbox_done(self, channel: str, key: str) -> None:
-        await self._write("UPDATE inbox SET done_at=? WHERE channel=? AND key=?", (utcnow().isoformat(), channel, key))
+        """Mark an event done; its payload (the platform's text, names) is dropped, the key stays for dedup."""
+        await self._write(
+            "UPDATE inbox SET done_at=?, payload='{}' WHERE channel=? AND key=?", (utcnow().isoformat(), channel, key)
+        )
+
+    async def inbox_prune(self, channel: str, older_than: timedelta) -> int:
+        """Forget events finished longer ago than `older_than` (platforms redeliver within minutes)."""
+        cutoff = (utcnow() - older_than).isoformat()
+        cursor = await self._write(
+            "DELETE FROM inbox WHERE channel=? AND COALESCE(done_at, dead_at) < ?", (channel, cutoff)
+        )
+        return cursor.rowcount
 
     async def inbox_failed(self, channel: str, key: str, error: str, max_attempts: int) -> tuple[int, bool]:
         """Count a failed attempt; at `max_attempts` the event is set aside for good (a dead letter).
         Returns the attempts so far and whether the event is now dead."""
         await self._write(
             "UPDATE inbox SET attempts=attempts+1, last_error=?, "
-            "dead_at=CASE WHEN attempts+1 >= ? THEN ? ELSE NULL END WHERE channel=? AND key=?",
-            (error[:500], max_attempts, utcnow().isoformat(), channel, key),
+            "dead_at=CASE WHEN attempts+1 >= ? THEN ? ELSE NULL END, "
+            "payload=CASE WHEN attempts+1 >= ? THEN '{}' ELSE payload END WHERE channel=? AND key=?",
+            (error[:500], max_attempts, utcnow().isoformat(), max_attempts, channel, key),
         )
         row = await self._fetchone("SELECT attempts, dead_at FROM inbox WHERE channel=? AND key=?", (channel, key))
         return (int(row["attempts"]), row["dead_at"] is not None) if row else (0, False)
@@ -330,6 +444,25 @@ class Store:
         )
         return [dict(r) for r in rows]
 
+    # --- roles granted at run time (bot/feedback.py decides with them) ----------------------------
+
+    async def granted_role(self, subject: str) -> str | None:
+        row = await self._fetchone("SELECT role FROM roles WHERE subject=?", (subject,))
+        return str(row["role"]) if row else None
+
+    async def grant_role(self, subject: str, role: str, granted_by: str) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO roles (subject, role, granted_by, granted_at) VALUES (?,?,?,?)",
+            (subject, role, granted_by, utcnow().isoformat()),
+        )
+
+    async def revoke_role(self, subject: str) -> bool:
+        """Drop `subject`'s granted role; whether it had one."""
+        return (await self._write("DELETE FROM roles WHERE subject=?", (subject,))).rowcount == 1
+
+    async def granted_roles(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._fetchall("SELECT * FROM roles ORDER BY subject", ())]
+
     # --- plumbing -------------------------------------------------------------------------------
 
     async def _write(self, sql: str, args: Iterable[Any]) -> aiosqlite.Cursor:
@@ -348,3 +481,18 @@ def _turn(row: aiosqlite.Row) -> StoredTurn:
     values = dict(row)
     values["cached"] = bool(values["cached"])
     return StoredTurn(**values)
+
+
+# --- the audit log's hash chain (bot/audit.py verifies it) ---------------------------------------
+
+# What the first row chains from.
+AUDIT_GENESIS = "0" * 64
+# The hashed content of a row, in this order; the id is not part of it, the chain fixes the order.
+AUDIT_FIELDS = ("at", "actor", "role", "action", "target", "channel", "outcome", "detail")
+
+
+def audit_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the previous row's hash followed by this row's canonical content: a compact
+    JSON array of AUDIT_FIELDS (UTF-8, `detail` as the stored text, so any edit shows)."""
+    content = json.dumps([row[name] for name in AUDIT_FIELDS], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256((prev_hash + content).encode("utf-8")).hexdigest()

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.config import BotSettings
+from bot.config import SERVICE, BotSettings, token_digest
 from bot.server import RunningServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,9 +18,37 @@ SYSTEM_PROMPT = BotSettings(_env_file=None).system_prompt
 ORDER_Q, ORDER_A = "我的订单什么时候到?", "您可通过订单号在'我的订单'页面查询物流信息"
 
 
+# HTTP tokens of the test settings: the service token (BOT_API_TOKEN) and personal ones (BOT_API_KEYS).
+API_TOKEN = "service-token-for-the-tests"
+TOKENS = {
+    SERVICE: API_TOKEN,
+    "alice": "alice-agent-token-for-the-tests",
+    "root": "root-admin-token-for-the-tests",
+    "u1": "u1-customer-token-for-the-tests",
+}
+KEY_ROLES = {"alice": "agent", "root": "admin", "u1": "customer"}
+
+
+def api_keys(roles: dict[str, str]) -> str:
+    """BOT_API_KEYS for {name: role}, each with its token from TOKENS."""
+    return ",".join(f"{name}:{role}:{token_digest(TOKENS[name])}" for name, role in roles.items())
+
+
 def make_settings(data_dir: Path, **overrides: object) -> BotSettings:
-    values: dict[str, object] = dict(data_dir=data_dir, http_port=0, agent_ids="http:alice", registry_poll_s=0.2)
+    values: dict[str, object] = dict(
+        data_dir=data_dir,
+        http_port=0,
+        agent_ids="http:alice",
+        api_token=API_TOKEN,
+        api_keys=api_keys(KEY_ROLES),
+        registry_poll_s=0.2,
+    )
     return BotSettings(_env_file=None, **(values | overrides))  # type: ignore[arg-type]
+
+
+def auth(who: str | None = SERVICE) -> dict[str, str]:
+    """The Authorization header of `who` (a TOKENS name, else taken as the token itself); None: none."""
+    return {} if who is None else {"Authorization": f"Bearer {TOKENS.get(who, who)}"}
 
 
 def free_port() -> int:
@@ -29,9 +57,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def post(server: RunningServer, path: str, body: Any) -> tuple[int, dict[str, Any]]:
-    """POST `body` (JSON unless already text) to the running server; the status and the JSON reply."""
+async def post(server: RunningServer, path: str, body: Any, who: str | None = SERVICE) -> tuple[int, dict[str, Any]]:
+    """POST `body` (JSON unless already text) to the running server as `who` (see `auth`); the status
+    and the JSON reply."""
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{server.port}{path}", data=data) as resp:
+        async with http.post(f"http://127.0.0.1:{server.port}{path}", data=data, headers=auth(who)) as resp:
+            return resp.status, await resp.json()
+
+
+async def get(server: RunningServer, path: str, who: str | None = SERVICE) -> tuple[int, Any]:
+    """GET `path` from the running server as `who`; the status and the JSON reply."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{server.port}{path}", headers=auth(who)) as resp:
             return resp.status, await resp.json()

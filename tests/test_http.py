@@ -23,14 +23,16 @@ async def test_chat_answers_from_the_starter_model_and_caches(server: RunningSer
 
 
 async def test_feedback_rates_and_corrects(server: RunningServer) -> None:
-    _, chat = await post(server, "/chat", {"conversation_id": "c1", "user_id": "u1", "text": "如何退换货?"})
+    # u1 chats and rates with a personal (customer) token; the rater is always the token's owner.
+    _, chat = await post(server, "/chat", {"conversation_id": "c1", "user_id": "u1", "text": "如何退换货?"}, who="u1")
     status, body = await post(
         server,
         "/feedback",
-        {"turn_id": chat["turn_id"], "rating": -1, "rater": "alice", "correction": "7天内可无理由退货"},
+        {"turn_id": chat["turn_id"], "rating": -1, "correction": "7天内可无理由退货"},
+        who="alice",
     )
     assert status == 200 and body == {"turn_id": chat["turn_id"], "correction": "stored", "role": "agent"}
-    status, body = await post(server, "/feedback", {"turn_id": chat["turn_id"], "rating": 1, "rater": "u1"})
+    status, body = await post(server, "/feedback", {"turn_id": chat["turn_id"], "rating": 1}, who="u1")
     assert body["role"] == "customer"
     ratings = {r["rater"]: (r["role"], r["rating"]) for r in await server.bot.store.ratings(chat["turn_id"])}
     assert ratings == {"http:alice": ("agent", -1), "http:u1": ("customer", 1)}
@@ -58,20 +60,20 @@ async def test_bad_chat_requests_get_clear_errors_and_write_nothing(
 
 
 @pytest.mark.parametrize(
-    "body, status, error",
+    "body, who, status, error",
     [
-        ({"turn_id": 999, "rating": 1, "rater": "alice"}, 404, "no answer with turn_id 999"),
-        ({"turn_id": 1, "rating": 0, "rater": "alice"}, 422, "rating"),
-        ({"turn_id": 1, "rating": "up", "rater": "alice"}, 422, "rating"),
-        ({"turn_id": "1", "rating": 1, "rater": "alice"}, 422, "turn_id"),
-        ({"turn_id": 1, "rating": 1, "rater": "mallory", "correction": "anything"}, 403, "not an agent"),
+        ({"turn_id": 999, "rating": 1}, "alice", 404, "no answer with turn_id 999"),
+        ({"turn_id": 1, "rating": 0}, "alice", 422, "rating"),
+        ({"turn_id": 1, "rating": "up"}, "alice", 422, "rating"),
+        ({"turn_id": "1", "rating": 1}, "alice", 422, "turn_id"),
+        ({"turn_id": 1, "rating": 1, "correction": "anything"}, "service", 403, "not an agent"),
     ],
 )
 async def test_bad_feedback_gets_clear_errors_and_writes_nothing(
-    server: RunningServer, body: Any, status: int, error: str
+    server: RunningServer, body: Any, who: str, status: int, error: str
 ) -> None:
     await post(server, "/chat", {"conversation_id": "c1", "user_id": "u1", "text": ORDER_Q})
-    got, reply = await post(server, "/feedback", body)
+    got, reply = await post(server, "/feedback", body, who=who)
     assert got == status and error in reply["error"]
     assert await server.bot.store.ratings() == [] and await server.bot.store.corrections() == []
 

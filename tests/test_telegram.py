@@ -46,8 +46,10 @@ async def fake() -> AsyncIterator[FakeTelegram]:
 
 
 @asynccontextmanager
-async def serving(data_dir: Path, fake: FakeTelegram, **telegram: Any) -> AsyncIterator[RunningServer]:
-    settings = make_settings(data_dir, agent_ids=f"http:alice,telegram:{AGENT}")
+async def serving(
+    data_dir: Path, fake: FakeTelegram, trust_agent_room: bool = False, **telegram: Any
+) -> AsyncIterator[RunningServer]:
+    settings = make_settings(data_dir, agent_ids=f"http:alice,telegram:{AGENT}", trust_agent_room=trust_agent_room)
     tg = TelegramSettings(_env_file=None, bot_token=TOKEN, api_base=fake.url, **telegram)
     server = await start(settings, {"telegram": tg})
     try:
@@ -260,7 +262,7 @@ async def test_fix_by_agent_is_a_correction_and_refused_otherwise(server: Runnin
 
 
 async def test_agent_chat_mirrors_and_rates_the_original_turn(data_dir: Path, fake: FakeTelegram) -> None:
-    async with serving(data_dir, fake, agent_chat_id=AGENT_CHAT) as server:
+    async with serving(data_dir, fake, trust_agent_room=True, agent_chat_id=AGENT_CHAT) as server:
         store = server.bot.store
         answer = await ask(fake, CUSTOMER, QUESTION)
         question_mirror, answer_mirror = await fake.wait_sent(2, chat_id=AGENT_CHAT)

@@ -39,10 +39,10 @@ async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_di
     password = await chat(server, "c3", "How do I reset my password?")
     cached = await chat(server, "c4", ORDER_Q)
     assert cached["cached"] and cached["answer"] == ORDER_A
-    await post(server, "/feedback", {"turn_id": order["turn_id"], "rating": -1, "rater": "alice", "correction": FIXED})
-    await post(server, "/feedback", {"turn_id": returns["turn_id"], "rating": 1, "rater": "alice"})
-    await post(server, "/feedback", {"turn_id": password["turn_id"], "rating": -1, "rater": "alice"})
-    await post(server, "/feedback", {"turn_id": password["turn_id"], "rating": 1, "rater": "customer-7"})
+    await post(server, "/feedback", {"turn_id": order["turn_id"], "rating": -1, "correction": FIXED}, who="alice")
+    await post(server, "/feedback", {"turn_id": returns["turn_id"], "rating": 1}, who="alice")
+    await post(server, "/feedback", {"turn_id": password["turn_id"], "rating": -1}, who="alice")
+    await post(server, "/feedback", {"turn_id": password["turn_id"], "rating": 1})  # the customers' front end
 
     result = await asyncio.to_thread(tuning_cli, data_dir, "dataset", "--out", str(tmp_path / "ds"))
     assert result.returncode == 0, result.stderr
@@ -138,7 +138,7 @@ async def test_ab_test_is_sticky_per_user_and_reported(server: RunningServer, da
             reply = await chat(server, f"ab-{i}-{repeat}", "如何退换货?", user=f"user-{i}")
             seen.setdefault(f"user-{i}", set()).add(reply["model_version"])
             if reply["model_version"] == version:
-                await post(server, "/feedback", {"turn_id": reply["turn_id"], "rating": 1, "rater": "alice"})
+                await post(server, "/feedback", {"turn_id": reply["turn_id"], "rating": 1}, who="alice")
     assert all(len(versions) == 1 for versions in seen.values())  # sticky
     assert {v for versions in seen.values() for v in versions} == {"v0001", version}  # both served
     result = await asyncio.to_thread(tuning_cli, data_dir, "ab-report")
@@ -152,7 +152,7 @@ async def test_ab_test_is_sticky_per_user_and_reported(server: RunningServer, da
 
 async def test_all_thumbs_down_is_nothing_to_tune(server: RunningServer, data_dir: Path) -> None:
     reply = await chat(server, "c1", ORDER_Q)
-    await post(server, "/feedback", {"turn_id": reply["turn_id"], "rating": -1, "rater": "alice"})
+    await post(server, "/feedback", {"turn_id": reply["turn_id"], "rating": -1}, who="alice")
     result = await asyncio.to_thread(tuning_cli, data_dir, "run")
     assert result.returncode == 0 and "no new rated chats" in result.stdout
     assert Registry(data_dir).versions() == ["v0001"]

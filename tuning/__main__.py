@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from bot import admin
 from bot.config import BotSettings, load_settings
 from bot.models.chat import with_system
-from bot.models.registry import HF_DIR, Registry, RegistryError
-from bot.store import database_path
+from bot.models.registry import HF_DIR, Registry, RegistryError, State
+from bot.store import Store, database_path
 from tuning.config import PRESETS, TuneConfig, preset
 from tuning.formats import DataError
 
@@ -196,35 +198,46 @@ def cmd_list(args: argparse.Namespace, settings: BotSettings, registry: Registry
     return 0
 
 
-def _audit(settings: BotSettings, action: str, **detail: Any) -> None:
-    from tuning.monthly import audit as write
+def operator() -> str:
+    """Who runs this command, as the audit log names them: `cli:<OS user>`."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no user name in the environment nor the password database
+        return "cli:unknown"
 
-    asyncio.run(write(settings.data_dir, "operator", action, **detail))
+
+def _with_store(settings: BotSettings, operation: Callable[[Store], Awaitable[State]]) -> State:
+    """Run one admin operation (bot/admin.py, shared with the HTTP admin API) against the store."""
+
+    async def go() -> State:
+        store = await Store.open(database_path(settings.data_dir))
+        try:
+            return await operation(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
 
 
 def cmd_promote(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    state = registry.promote(args.version)
-    _audit(settings, "promote", version=args.version)
+    state = _with_store(settings, lambda store: admin.promote(registry, store, operator(), args.version))
     _print(state.__dict__)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    state = registry.rollback()
-    _audit(settings, "rollback", version=state.current)
+    state = _with_store(settings, lambda store: admin.rollback(registry, store, operator()))
     _print(state.__dict__)
     return 0
 
 
 def cmd_ab(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    state = registry.set_candidate(args.version if args.share > 0 else None, args.share)
-    _audit(settings, "ab_test", version=args.version, share=args.share)
+    state = _with_store(settings, lambda store: admin.ab_test(registry, store, operator(), args.version, args.share))
     _print(state.__dict__)
     return 0
 
 
 def cmd_ab_report(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    from bot.store import Store
     from tuning.evaluate import ab_report
 
     async def read() -> tuple[list, list]:

@@ -20,15 +20,27 @@ class ModelUnavailable(Exception):
     pass
 
 
+class ModelBusy(Exception):
+    """More answers are waiting for the model than the queue holds, or one waited past the deadline."""
+
+
 class ModelPool:
     """The serving model (and an A/B candidate), reloaded when the registry changes.
 
     Answers already running keep the model object they started with, so a swap drops nothing.
-    Inference runs in a thread pool sized to the allowed concurrency, with a deadline.
+    Inference runs in a thread pool sized to the allowed concurrency. At most `queue_limit` answers
+    wait for a free slot, each for at most the deadline; one that gives up never starts. The deadline
+    of an answer counts from the moment its generation starts, not from when it began to wait.
     """
 
     def __init__(
-        self, data_dir: Path, settings: GenerationSettings, concurrency: int, timeout_s: float, external_model: str = ""
+        self,
+        data_dir: Path,
+        settings: GenerationSettings,
+        concurrency: int,
+        timeout_s: float,
+        queue_limit: int,
+        external_model: str = "",
     ) -> None:
         self.registry = Registry(data_dir)
         self.cache_root = data_dir / "exports"
@@ -40,6 +52,9 @@ class ModelPool:
         self.ab_share = 0.0
         self._stamp: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="model")
+        self._slots = asyncio.Semaphore(concurrency)
+        self._capacity = concurrency + queue_limit  # answers generating plus answers waiting
+        self._in_flight = 0
         self._reload_lock = asyncio.Lock()
 
     def load(self) -> None:
@@ -94,14 +109,26 @@ class ModelPool:
         return "current", self.current
 
     async def generate(self, model: ChatModel, messages: list[dict[str, str]]) -> str:
-        loop = asyncio.get_running_loop()
-        began = time.perf_counter()
-        # max_time makes generate itself stop near the deadline, so a slow answer frees its thread.
-        job = loop.run_in_executor(self._executor, model.generate, messages, self.timeout_s)
-        answer = await asyncio.wait_for(job, timeout=self.timeout_s + 1.0)
-        if time.perf_counter() - began > self.timeout_s:
-            raise asyncio.TimeoutError
-        return answer
+        """The answer; ModelBusy when the queue is full or the wait too long, TimeoutError past the deadline."""
+        if self._in_flight >= self._capacity:
+            raise ModelBusy(f"{self._in_flight} answers are generating or waiting already")
+        self._in_flight += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.timeout_s)
+        except asyncio.TimeoutError:
+            self._in_flight -= 1
+            raise ModelBusy(f"no model slot free within {self.timeout_s} s") from None
+        try:
+            began = time.perf_counter()
+            # max_time makes generate itself stop near the deadline, so a slow answer frees its thread.
+            job = asyncio.get_running_loop().run_in_executor(self._executor, model.generate, messages, self.timeout_s)
+            answer = await asyncio.wait_for(job, timeout=self.timeout_s + 1.0)
+            if time.perf_counter() - began > self.timeout_s:
+                raise asyncio.TimeoutError
+            return answer
+        finally:
+            self._slots.release()
+            self._in_flight -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
