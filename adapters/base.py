@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # backoff doubles from the first delay up to the cap
 STOP_GRACE_S = 5.0
+REJECTIONS_LOGGED_EVERY_S = 60.0
 KEEP_DONE = timedelta(days=7)  # finished events are kept (without payload) this long, to spot redeliveries
 SENTENCE_END = re.compile(r"[。！？；!?;…]|[.!?;](?=\s)")
 
@@ -112,6 +114,7 @@ class ChatChannel(ABC):
         self._active: set[str] = set()  # inbox keys being handled now
         self._stopping = False
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._rejected, self._rejected_logged_at = 0, -REJECTIONS_LOGGED_EVERY_S
 
     # --- to be written by each platform ---------------------------------------------------------------
 
@@ -234,6 +237,16 @@ class ChatChannel(ABC):
         if lock is None:
             lock = self._locks[conversation] = asyncio.Lock()
         return lock
+
+    async def rejected(self, reason: str) -> None:
+        """A webhook call that failed the platform's check: audited every time, logged at most once a
+        minute (with a count), so a flood of bad calls cannot fill the logs."""
+        await self.service.rejected(reason)
+        self._rejected += 1
+        now = time.monotonic()
+        if now - self._rejected_logged_at >= REJECTIONS_LOGGED_EVERY_S:
+            log.warning("%s: %d webhook call(s) rejected since the last report (%s)", self.name, self._rejected, reason)
+            self._rejected, self._rejected_logged_at = 0, now
 
     # --- answering and sending --------------------------------------------------------------------------
 

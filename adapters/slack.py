@@ -119,10 +119,14 @@ class SlackChannel(ChatChannel):
             if not SignatureVerifier(self.settings.signing_secret).is_valid_request(
                 await request.text(), request.headers
             ):
+                await self.rejected("bad signature")
                 return web.json_response({"error": "invalid request"}, status=401)
             log.warning("slack: ignoring a request whose body is not a Slack payload")
             return web.Response(status=200)  # so that Slack does not retry it
-        return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
+        response = await self.app.async_dispatch(bolt_request)
+        if response.status == 401:  # bolt refused the signature or a stale timestamp
+            await self.rejected("bad signature or stale timestamp")
+        return await to_aiohttp_response(response)
 
     # --- receiving: record, acknowledge, then work ---------------------------------------------
 

@@ -253,7 +253,7 @@ class TelegramChannel(ChatChannel):
         expected = self.settings.webhook_secret
         given = request.headers.get(SECRET_HEADER, "")
         if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-            log.warning("Telegram webhook call rejected: wrong or missing secret token")
+            await self.rejected("wrong or missing secret token")
             return web.Response(status=401)
         try:
             payload = await request.json()

@@ -384,7 +384,18 @@ class DialogueManager:
             try:
                 if await self.deps.models.refresh():
                     self.deps.cache.clear()
-                    log.info("model changed to %s; answer cache emptied", self.deps.models.version_of("current"))
+                    current, candidate = (
+                        self.deps.models.version_of("current"),
+                        self.deps.models.version_of("candidate"),
+                    )
+                    log.info("model changed to %s; answer cache emptied", current)
+                    await self.deps.store.audit(
+                        "bot",
+                        "hot_swap",
+                        target=f"model:{current}",
+                        candidate=candidate or None,
+                        ab_share=self.deps.models.ab_share,
+                    )
             except Exception:
                 log.exception(
                     "could not load the registry's new model; still serving %s", self.deps.models.version_of("current")

@@ -91,6 +91,12 @@ class ChannelService:
     async def prune(self, older_than: timedelta) -> int:
         return await self._store.inbox_prune(self.channel, older_than)
 
+    async def rejected(self, reason: str) -> None:
+        """Audit a webhook call that failed the platform's check (its body is never kept)."""
+        await self._store.audit(
+            self.channel, "webhook_rejected", channel=self.channel, outcome="refused", reason=reason
+        )
+
     # --- status -------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:

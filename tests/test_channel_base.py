@@ -228,3 +228,13 @@ async def test_the_agents_room_makes_nobody_an_agent_unless_trusted(data_dir: Pa
         assert await untrusting.store.corrections() == []
     finally:
         await untrusting.close()
+
+
+async def test_rejected_webhook_calls_are_all_audited_but_logged_once_a_minute(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = FakeChannel(ChannelService(bot, "fake"))
+    for _ in range(50):
+        await channel.rejected("bad signature")
+    assert len(await bot.store.audit_events(action="webhook_rejected")) == 50
+    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 1

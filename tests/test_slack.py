@@ -413,6 +413,7 @@ async def test_bad_signatures_are_rejected(slack: Slack, api: FakeSlackApi) -> N
     assert (await slack.post(body, age_s=-6 * 60))[0] == 401
     await slack.settled()
     assert api.posts == [] and await slack.store.turns() == []
+    assert len(await slack.store.audit_events(action="webhook_rejected")) == 4  # audited, bodies not kept
 
 
 async def test_unreadable_or_unknown_events_are_acknowledged_and_ignored(

@@ -434,6 +434,8 @@ async def test_webhook(data_dir: Path, fake: FakeTelegram) -> None:
                 async with http.post(endpoint, json=update, headers=headers) as response:
                     assert response.status == 401
             assert await server.bot.store.inbox_pending("telegram") == []
+            rejected = await server.bot.store.audit_events(action="webhook_rejected")
+            assert [(e["channel"], e["outcome"]) for e in rejected] == [("telegram", "refused")] * 2
             for body in (b"{not json", b'{"no": "update_id"}', b"[1, 2]"):
                 async with http.post(endpoint, data=body, headers=good) as response:
                     assert response.status == 400

@@ -80,6 +80,7 @@ async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_di
     assert rolled.returncode == 0 and json.loads(rolled.stdout)["current"] == "v0001"
     audit = [e["action"] for e in await server.bot.store.audit_events()]
     assert "tuning_run" in audit and "rollback" in audit
+    assert "hot_swap" in audit  # the running bot recorded that it now serves the promoted version
 
 
 def test_eval_command_reports_metrics(data_dir: Path, tmp_path: Path) -> None:
