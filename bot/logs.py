@@ -7,18 +7,28 @@ import logging
 
 
 class RedactSecrets(logging.Filter):
+    """Replaces secrets with *** in the message and in the traceback of every record."""
+
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if s and len(s) >= 6]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            if any(s in message for s in self.secrets):
-                for secret in self.secrets:
-                    message = message.replace(secret, "***")
-                record.msg, record.args = message, None
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        if any(s in message for s in self.secrets):
+            record.msg, record.args = self._redact(message), None
+        if record.exc_info and not record.exc_text:  # a token in an exception's text or its locals' repr
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and any(s in record.exc_text for s in self.secrets):
+            record.exc_text = self._redact(record.exc_text)
         return True
+
+    def _redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 def setup_logging(level: str, secrets: list[str]) -> None:
