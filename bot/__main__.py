@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -35,9 +38,10 @@ def ensure_model(settings: BotSettings) -> None:
         "no model in %s yet: building the starter model from data/sample (a few minutes on 2 cores, once)",
         settings.data_dir,
     )
-    from tuning.bootstrap import bootstrap  # the trainer is needed only here, once
-
-    bootstrap(settings.data_dir, settings.system_prompt)
+    # The trainer runs as its own process (`python -m tuning bootstrap`): serving never imports it.
+    env = os.environ | {"BOT_DATA_DIR": str(settings.data_dir), "BOT_SYSTEM_PROMPT": settings.system_prompt}
+    if subprocess.run([sys.executable, "-m", "tuning", "bootstrap"], env=env, stdout=subprocess.DEVNULL).returncode:
+        raise SystemExit("error: could not build the starter model (see the lines above)")
 
 
 async def start(settings: BotSettings, channels: Mapping[str, ChannelSettings]) -> RunningServer:
