@@ -147,9 +147,8 @@ Handler = Callable[[web.Request, Caller], Awaitable[web.Response]]
 class HttpChannel:
     name = CHANNEL
 
-    def __init__(self, service: ChannelService, admin: AdminApi | None = None) -> None:
-        """`admin` checks tokens and runs the admin API; without it (not wired) only /healthz and
-        loopback /metrics answer, every other route says so with a 503."""
+    def __init__(self, service: ChannelService, admin: AdminApi) -> None:
+        """`admin` checks tokens and runs the admin API."""
         self.service = service
         self.admin = admin
 
@@ -166,8 +165,7 @@ class HttpChannel:
         app.router.add_post("/admin/roles", self._authenticated(self.admin_grant))
 
     async def start(self) -> None:
-        if self.admin is None:
-            log.warning("http: built without its Admin object: tokens cannot be checked, /chat and the rest answer 503")
+        pass
 
     async def stop(self) -> None:
         pass
@@ -175,9 +173,7 @@ class HttpChannel:
     # --- who is calling ---------------------------------------------------------------------------------
 
     async def caller(self, request: web.Request) -> Caller | web.Response:
-        """The request's caller, or the 401/503 to answer. Refusals are logged without the body or token."""
-        if self.admin is None:
-            return _error(503, "the HTTP API is not wired to the bot's access control (adapters/__init__.py)")
+        """The request's caller, or the 401 to answer. Refusals are logged without the body or token."""
         token = _bearer(request)
         caller = await self.admin.authenticate(token) if token != "" else None
         if caller is None:
@@ -272,45 +268,41 @@ class HttpChannel:
 
     # --- admin API (admins only; Admin checks the role and audits refusals) -------------------------------
 
-    def _admin(self) -> AdminApi:
-        assert self.admin is not None  # caller() answered 503 otherwise
-        return self.admin
-
     async def admin_promote(self, request: web.Request, caller: Caller) -> web.Response:
         async def run(parsed: VersionRequest) -> Any:
-            return await self._admin().promote(caller, parsed.version)
+            return await self.admin.promote(caller, parsed.version)
 
         return await self._operation(request, caller, "promote", VersionRequest, run)
 
     async def admin_rollback(self, request: web.Request, caller: Caller) -> web.Response:
         async def run(parsed: EmptyRequest) -> Any:
-            return await self._admin().rollback(caller)
+            return await self.admin.rollback(caller)
 
         return await self._operation(request, caller, "rollback", EmptyRequest, run, empty_ok=True)
 
     async def admin_ab(self, request: web.Request, caller: Caller) -> web.Response:
         async def run(parsed: AbRequest) -> Any:
-            return await self._admin().ab_test(caller, parsed.version, float(parsed.share))
+            return await self.admin.ab_test(caller, parsed.version, float(parsed.share))
 
         return await self._operation(request, caller, "ab_test", AbRequest, run)
 
     async def admin_grant(self, request: web.Request, caller: Caller) -> web.Response:
         async def run(parsed: RoleRequest) -> Any:
-            return await self._admin().grant(caller, parsed.subject, parsed.role)
+            return await self.admin.grant(caller, parsed.subject, parsed.role)
 
         return await self._operation(request, caller, "grant_role", RoleRequest, run)
 
     async def admin_roles(self, request: web.Request, caller: Caller) -> web.Response:
-        return _ok({"roles": await self._admin().roles_list(caller)})
+        return _ok({"roles": await self.admin.roles_list(caller)})
 
     async def admin_audit(self, request: web.Request, caller: Caller) -> web.Response:
-        await self._admin().require_admin(caller, "read_audit")
+        await self.admin.require_admin(caller, "read_audit")
         query = request.query
         limit = query.get("limit", "100")
         if not (limit.isascii() and limit.isdigit()):
             return _error(422, "limit: must be a whole number")
         try:
-            rows = await self._admin().audit_log(caller, int(limit), query.get("actor"), query.get("action"))
+            rows = await self.admin.audit_log(caller, int(limit), query.get("actor"), query.get("action"))
         except ValueError as exc:
             return _error(422, str(exc))
         return _ok({"events": rows})
@@ -326,7 +318,7 @@ class HttpChannel:
     ) -> web.Response:
         """One admin operation: the role first (a refusal is audited, its body never read), then the
         body; unknown versions answer 404, other bad input 422, and nothing is written."""
-        await self._admin().require_admin(caller, action)
+        await self.admin.require_admin(caller, action)
         parsed = await _parse(request, model, empty_ok)
         if isinstance(parsed, web.Response):
             return parsed

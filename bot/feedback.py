@@ -137,12 +137,16 @@ class Roles:
             role = Role.AGENT
         return role
 
-    async def require(self, sender: str, needed: Role, action: str, **detail: Any) -> Role:
-        """`sender`'s role if it includes `needed`; otherwise the refusal is audited and NotAllowed raised."""
-        role = await self.role_of(sender)
+    async def require(
+        self, sender: str, needed: Role, action: str, doing: str = "", in_agent_chat: bool = False, **detail: Any
+    ) -> Role:
+        """`sender`'s role if it includes `needed`; otherwise the refusal is audited (`<action>_refused`)
+        and NotAllowed raised, saying what only `needed` may do (`doing`, by default the action)."""
+        role = await self.role_of(sender, in_agent_chat)
         if not role.includes(needed):
             await self.store.audit(sender, f"{action}_refused", role=role.value, outcome="refused", **detail)
-            raise NotAllowed(f"{sender} is not an {needed.value}: only {needed.value}s can {action.replace('_', ' ')}")
+            doing = doing or action.replace("_", " ")
+            raise NotAllowed(f"{sender} is not an {needed.value}: only {needed.value}s can {doing}")
         return role
 
     async def grant(self, subject: str, role: Role, actor: str) -> Role:
@@ -176,10 +180,9 @@ class Roles:
 
 
 class Feedback:
-    def __init__(self, store: Store, roles: Roles | frozenset[str]) -> None:
-        """`roles`: the bot's Roles, or (as before roles existed) just the set of AGENT_IDS."""
+    def __init__(self, store: Store, roles: Roles) -> None:
         self.store = store
-        self.roles = roles if isinstance(roles, Roles) else Roles(store, agent_ids=roles)
+        self.roles = roles
 
     @classmethod
     def from_settings(cls, store: Store, settings: BotSettings) -> Feedback:
@@ -216,23 +219,16 @@ class Feedback:
             await self.rate(turn_id, sender, None)
 
     async def correct(self, turn_id: int, sender: str, text: str, in_agent_chat: bool = False) -> None:
-        role = await self.role(sender, in_agent_chat)
-        if not role.includes(Role.AGENT):
-            await self.store.audit(
-                sender,
-                "correction_refused",
-                role=role.value,
-                target=f"turn:{turn_id}",
-                outcome="refused",
-                turn_id=turn_id,
-            )
-            raise NotAllowed(f"{sender} is not an agent: only agents can correct answers")
+        target = f"turn:{turn_id}"
+        role = await self.roles.require(
+            sender, Role.AGENT, "correction", "correct answers", in_agent_chat, target=target, turn_id=turn_id
+        )
         text = text.strip()
         if not text:
             raise ValueError("the correction is empty")
         await self._require_turn(turn_id)
         await self.store.add_correction(turn_id, sender, text)
-        await self.store.audit(sender, "correction", role=role.value, target=f"turn:{turn_id}", turn_id=turn_id)
+        await self.store.audit(sender, "correction", role=role.value, target=target, turn_id=turn_id)
 
     async def _require_turn(self, turn_id: int) -> None:
         if await self.store.turn(turn_id) is None:
