@@ -12,6 +12,9 @@
   reaction on any part rates it), and an answer already in the chat is never sent again on replay.
 - **Agents.** Answers are mirrored to the agents' room; reactions become ratings; a fix command
   becomes a correction.
+- **Hand-off.** A conversation handed to a person is announced in the agents' room with its transcript,
+  the customer's later messages are shown there, and an agent's reply to any of them is relayed to the
+  customer; a release command gives it back to the bot (bot/handoff.py decides, this only carries).
 """
 
 from __future__ import annotations
@@ -50,6 +53,27 @@ class Texts:
     )
     FIX_REFUSED = ("Sorry, only agents can correct answers.", "抱歉,只有客服人员可以更正回答。")
     FIX_SAVED = ("Thanks, the correction is saved.", "谢谢,更正已保存。")
+    # Hand-off: to agents (English; `{who}` the customer, `{release}` the channel's release command)...
+    ASKED = "🙋 {who} asked for a person. Reply to this message to answer them; {release} gives them back to the bot."
+    DOWNVOTED = (
+        "🙋 {who} rated two answers 👎 in a row. Reply to this message to answer them; {release} gives them back "
+        "to the bot."
+    )
+    # ...and the replies to agents and customers, (English, Chinese).
+    REPLY_REFUSED = ("Sorry, only agents can answer customers.", "抱歉,只有客服人员可以回复客户。")
+    RELEASE_USAGE = (
+        "Reply to a customer's message here with {release} to give the conversation back to the bot.",
+        "请回复客户的某条消息并发送 {release},将对话交还给机器人。",
+    )
+    RELEASED = ("The bot answers this customer again.", "已将对话交还给机器人。")
+    NOT_HANDED_OFF = ("This conversation is not with an agent.", "该对话当前不在人工客服处理中。")
+    ROLE_USAGE = (
+        "Usage: {role} <telegram:ID | slack:ID | http:NAME> <customer | agent | admin>",
+        "用法:{role} <telegram:ID | slack:ID | http:名称> <customer | agent | admin>",
+    )
+    ROLE_REFUSED = ("Sorry, only admins can change roles.", "抱歉,只有管理员可以修改角色。")
+    ROLE_SET = ("{subject} is now: {now}.", "{subject} 现在的角色:{now}。")
+    BOT_IS_BACK = ("You're chatting with the assistant again.", "您已回到智能客服,请继续提问。")
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,8 @@ class ChatChannel(ABC):
     name: ClassVar[str]
     text_limit: ClassVar[int]
     fix_command: ClassVar[str]
+    release_command: ClassVar[str]
+    role_command: ClassVar[str]
 
     def __init__(self, service: ChannelService, ratings: dict[str, int], agents_room: Place | None = None) -> None:
         self.service = service
@@ -115,6 +141,7 @@ class ChatChannel(ABC):
         self._stopping = False
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._rejected, self._rejected_logged_at = 0, -REJECTIONS_LOGGED_EVERY_S
+        service.deliver_with(self.deliver)
 
     # --- to be written by each platform ---------------------------------------------------------------
 
@@ -129,6 +156,10 @@ class ChatChannel(ABC):
     @abstractmethod
     async def mirror_turn(self, turn: StoredTurn, who: str) -> None:
         """Show a customer's question and its answer in the agents' room (linked to the turn)."""
+
+    @abstractmethod
+    def place_for(self, conversation_id: str) -> Place:
+        """Where to write to a conversation (an agent's reply during a hand-off)."""
 
     def render(self, text: str) -> str:
         """The bot's plain text as the platform's message text (e.g. with its markup escaped)."""
@@ -250,15 +281,22 @@ class ChatChannel(ABC):
 
     # --- answering and sending --------------------------------------------------------------------------
 
-    async def answer(self, message: UserMessage, place: Place, who: str | None = None) -> BotReply:
-        """The bot's answer to `message`, sent to `place` unless a replay finds it sent already; with
-        `who` (a customer in a private chat), mirrored to the agents' room too."""
+    async def answer(self, message: UserMessage, place: Place, who: str, mirror: bool = False) -> BotReply:
+        """The bot's answer to `message` from `who` (as agents see them), sent to `place` unless a replay
+        finds it sent already; with `mirror` (a customer in a private chat), mirrored to the agents' room
+        too. A hand-off, and every message while agents have the conversation, is shown to the agents."""
         reply = await self.service.handle(message)
         if reply.text and not await self._already_sent(reply, place.chat_id):
             await self.send(place, self.render(reply.text), reply.turn_id)
-        room = self.agents_room
-        if who and room and reply.turn_id is not None and not await self._already_sent(reply, room.chat_id):
-            self.spawn(self._mirror(reply.turn_id, who))  # off the answer's path: the agents' room is slower
+        room, turn_id = self.agents_room, reply.turn_id
+        if room and turn_id is not None and not await self._already_sent(reply, room.chat_id):
+            # Off the answer's path: the agents' room is slower, and its failures are not the customer's.
+            if reply.outcome == "handed_off":
+                self.spawn(self._to_agents(self._show_handoff(turn_id, who, Texts.ASKED)))
+            elif reply.outcome == "with_agent":
+                self.spawn(self._to_agents(self._show_waiting(turn_id, who)))
+            elif mirror:
+                self.spawn(self._to_agents(self._mirror(turn_id, who)))
         return reply
 
     async def send(self, place: Place, text: str, turn_id: int | None = None) -> list[str]:
@@ -275,14 +313,86 @@ class ChatChannel(ABC):
         """Only a redelivered message can find its answer in the chat already."""
         return reply.duplicate and reply.turn_id is not None and await self.service.answer_sent(chat_id, reply.turn_id)
 
+    async def _to_agents(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception:  # the customer has the answer: a failed mirror must not make it repeat
+            log.exception("%s: could not show a conversation in the agents' room", self.name)
+
     async def _mirror(self, turn_id: int, who: str) -> None:
+        turn = await self.service.turn(turn_id)
+        if turn is not None:
+            await self.mirror_turn(turn, who)
+
+    # --- hand-off to a person (bot/handoff.py) ----------------------------------------------------------
+
+    async def deliver(self, conversation_id: str, text: str, turn_id: int) -> None:
+        """An agent's reply, sent to the customer (registered with the service at start)."""
+        await self.send(self.place_for(conversation_id), self.render(text), turn_id)
+
+    async def _show_handoff(self, turn_id: int, who: str, why: str) -> None:
+        """Tell the agents' room that `who` wants a person, with the conversation so far (as stored:
+        masked); replying to this message answers the customer."""
+        assert self.agents_room is not None
         turn = await self.service.turn(turn_id)
         if turn is None:
             return
+        lines = [why.format(who=who, release=self.release_command)]
+        for past in await self.service.transcript(turn.conversation_id):
+            lines.append(f"👤 {past.user_text}")
+            if past.answer:
+                lines.append(f"{'🧑‍💼' if past.outcome == 'agent' else '🤖'} {past.answer}")
+        await self.send(self.agents_room, self.render("\n".join(lines)), turn_id)
+
+    async def _show_waiting(self, turn_id: int, who: str) -> None:
+        """A customer's message while agents have the conversation; replying to it answers them."""
+        assert self.agents_room is not None
+        turn = await self.service.turn(turn_id)
+        if turn is not None:
+            await self.send(self.agents_room, self.render(f"👤 {who}: {turn.user_text}"), turn_id)
+
+    async def _linked_turn(self, chat_id: str, message_id: str | None) -> StoredTurn | None:
+        """The turn a message in the agents' room is about (a mirror, a hand-off notice...)."""
+        turn_id = await self.service.answer_for(chat_id, message_id) if message_id else None
+        return await self.service.turn(turn_id) if turn_id is not None else None
+
+    async def agent_says(self, chat_id: str, about: str | None, user_id: str, text: str, message_id: str) -> str | None:
+        """An agent's message in the agents' room replying to a linked message of a handed-off conversation:
+        relayed to that customer. What to tell the agent; None when relayed, or when the conversation is the
+        bot's (then it is talk among agents)."""
+        turn = await self._linked_turn(chat_id, about)
+        if turn is None or not await self.service.with_agents(turn.channel, turn.conversation_id):
+            return None
         try:
-            await self.mirror_turn(turn, who)
-        except Exception:  # the customer has the answer: a failed mirror must not make it repeat
-            log.exception("%s: could not mirror turn %d to the agents' room", self.name, turn_id)
+            await self.service.agent_reply(
+                turn.channel,
+                turn.conversation_id,
+                user_id,
+                text,
+                f"{chat_id}:{message_id}",
+                self.in_agents_room(chat_id),
+            )
+        except NotAllowed:
+            return pick_language(Texts.REPLY_REFUSED, text)
+        except (ValueError, LookupError) as exc:
+            return str(exc)
+        return None
+
+    async def release(self, chat_id: str, about: str | None, user_id: str, language: str = "") -> str:
+        """`/release` in reply to a linked message: the conversation goes back to the bot; the reply to show."""
+        turn = await self._linked_turn(chat_id, about)
+        if turn is None:
+            return pick_language(Texts.RELEASE_USAGE, language=language or "en").format(release=self.release_command)
+        try:
+            released = await self.service.release(
+                turn.channel, turn.conversation_id, user_id, self.in_agents_room(chat_id)
+            )
+        except NotAllowed:
+            return pick_language(Texts.REPLY_REFUSED, language=language or "en")
+        if released:
+            customer = pick_language(Texts.BOT_IS_BACK, turn.user_text)
+            await self.send(self.place_for(turn.conversation_id), self.render(customer))
+        return pick_language(Texts.RELEASED if released else Texts.NOT_HANDED_OFF, language=language or "en")
 
     # --- feedback ---------------------------------------------------------------------------------------
 
@@ -302,14 +412,32 @@ class ChatChannel(ABC):
         """A reaction given (or, with None, all rating reactions taken back) on one of the bot's answers."""
         turn_id = await self.service.answer_for(chat_id, message_id)
         if turn_id is not None:
-            role = await self.service.rate(turn_id, user_id, rating, self.in_agents_room(chat_id))
-            log.info("%s: %s (%s) rated turn %d: %s", self.name, user_id, role.value, turn_id, rating)
+            rated = await self.service.rate(turn_id, user_id, rating, self.in_agents_room(chat_id))
+            log.info("%s: %s (%s) rated turn %d: %s", self.name, user_id, rated.role.value, turn_id, rating)
+            if rated.handed_off is not None:
+                await self.send(self.place_for(rated.handed_off), self.render(rated.customer_reply))
+                if self.agents_room:
+                    await self._to_agents(self._show_handoff(turn_id, f"{self.name}:{user_id}", Texts.DOWNVOTED))
 
     async def withdraw_reaction(self, chat_id: str, message_id: str, user_id: str, rating: int) -> None:
         """One rating reaction removed: the user's rating is retracted if it was that one."""
         turn_id = await self.service.answer_for(chat_id, message_id)
         if turn_id is not None:
             await self.service.withdraw(turn_id, user_id, rating)
+
+    async def change_role(self, user_id: str, args: str, language: str = "") -> str:
+        """`<role command> <subject> <role>` from an admin, in any chat; the reply to show."""
+        subject, _, role = args.strip().partition(" ")
+        texts = Texts.ROLE_USAGE
+        if subject and role.strip():
+            try:
+                now = await self.service.change_role(user_id, subject, role.strip())
+                return pick_language(Texts.ROLE_SET, language=language or "en").format(subject=subject, now=now.value)
+            except NotAllowed:
+                texts = Texts.ROLE_REFUSED
+            except ValueError as exc:
+                return str(exc)
+        return pick_language(texts, language=language or "en").format(role=self.role_command)
 
     async def fix(self, turn_id: int | None, user_id: str, correction: str, chat_id: str, language: str = "") -> str:
         """An agent's corrected answer for `turn_id`; the reply to show them."""
@@ -321,4 +449,6 @@ class ChatChannel(ABC):
             except NotAllowed:
                 log.info("%s: fix from %s refused: not an agent", self.name, user_id)
                 texts = Texts.FIX_REFUSED
+            except ValueError as exc:  # too long
+                return str(exc)
         return pick_language(texts, correction, language).format(fix=self.fix_command)

@@ -16,7 +16,7 @@ async def chat(service: ChannelService) -> None:
     conversation = uuid.uuid4().hex[:8]
     user = getpass.getuser()
     loop = asyncio.get_running_loop()
-    print(f"Model {service.status()['model_version']}. Type a question; /reset starts over, Ctrl-D quits.")
+    print(f"Model {(await service.status())['model_version']}. Type a question; /reset starts over, Ctrl-D quits.")
     while True:
         try:
             text = await loop.run_in_executor(None, input, "you> ")
@@ -24,4 +24,4 @@ async def chat(service: ChannelService) -> None:
             print()
             return
         reply = await service.handle(UserMessage(CHANNEL, conversation, user, uuid.uuid4().hex, text))
-        print(f"bot> {reply.text}")
+        print(f"bot> {reply.text}" if reply.outcome != "with_agent" else "(an agent has this conversation; no answer)")

@@ -51,6 +51,8 @@ REPLAY_FIELDS = (
     "item",
 )
 FIX = re.compile(r"!fix\b\s*(.*)", re.DOTALL)
+RELEASE = re.compile(r"!release\b")
+ROLE = re.compile(r"!role\b\s*(.*)", re.DOTALL)
 
 
 def escape(text: str) -> str:
@@ -75,6 +77,8 @@ class SlackChannel(ChatChannel):
     name = CHANNEL
     text_limit = TEXT_LIMIT
     fix_command = "!fix"
+    release_command = "!release"
+    role_command = "!role"
 
     def __init__(self, service: ChannelService, settings: SlackSettings) -> None:
         super().__init__(
@@ -184,6 +188,13 @@ class SlackChannel(ChatChannel):
             )
             await self.send(Place(channel, thread_ts), reply)
             return
+        role = ROLE.match(raw.strip())
+        if role and not mentioned and (thread_ts or is_dm or self.in_agents_room(channel)):
+            await self.send(Place(channel, thread_ts), await self.change_role(user, unescape(role.group(1))))
+            return
+        if thread_ts and not mentioned and self.in_agents_room(channel):
+            await self._in_agents_thread(event, channel, thread_ts, raw)
+            return
         if not mentioned and not is_dm:
             # In channels: only threads the bot is in; a message mentioning it arrives as app_mention too.
             if not thread_ts or f"<@{bot_user}" in raw or not await self.service.latest_turn(f"{channel}:{thread_ts}"):
@@ -192,9 +203,22 @@ class SlackChannel(ChatChannel):
         # A DM is one conversation; a thread (or a mention, which starts one) is its own.
         conversation = channel if is_dm and not thread_ts else f"{channel}:{thread_ts or ts}"
         place = Place(channel, None if is_dm and not thread_ts else thread_ts or ts)
-        await self.answer(
-            UserMessage(CHANNEL, conversation, user, f"{channel}:{ts}", text), place, f"<@{user}>" if is_dm else None
-        )
+        await self.answer(UserMessage(CHANNEL, conversation, user, f"{channel}:{ts}", text), place, f"<@{user}>", is_dm)
+
+    async def _in_agents_thread(self, event: dict[str, Any], channel: str, thread_ts: str, raw: str) -> None:
+        """In a thread of the agents' room under one of the bot's messages: `!release` gives the customer
+        back to the bot; anything else is an agent's reply to the customer."""
+        place = Place(channel, thread_ts)
+        if RELEASE.match(raw.strip()):
+            await self.send(place, await self.release(channel, thread_ts, event["user"]))
+            return
+        problem = await self.agent_says(channel, thread_ts, event["user"], unescape(raw).strip(), event["ts"])
+        if problem:
+            await self.send(place, problem)
+
+    def place_for(self, conversation_id: str) -> Place:
+        channel, _, thread_ts = conversation_id.partition(":")  # a DM, or a thread (see _on_message)
+        return Place(channel, thread_ts or None)
 
     def render(self, text: str) -> str:
         return escape(text)

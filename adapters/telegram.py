@@ -105,11 +105,13 @@ class Texts:
         "您好!我是客服助手,请直接输入您的问题。",
     )
     HELP = (
-        "Type your question as a text message; /reset starts a new conversation. In a group, mention me or "
-        "reply to my message.\nAgents: react 👍 or 👎 to an answer to rate it, or reply to it with "
-        "/fix <corrected answer>.",
-        "直接输入您的问题即可;/reset 开始新的对话。在群组中请 @我 或回复我的消息。\n"
-        "客服人员:对回答点 👍 或 👎 进行评价,或回复该回答并发送 /fix <正确回答> 进行更正。",
+        'Type your question as a text message; /reset starts a new conversation; ask for a person ("human") '
+        "any time. In a group, mention me or reply to my message.\nAgents: react 👍 or 👎 to an answer to rate "
+        "it, or reply to it with /fix <corrected answer>; in the agents' chat, reply to a handed-off customer's "
+        "message to answer them and with /release to give them back to the bot. Admins: /role <who> <role>.",
+        "直接输入您的问题即可;/reset 开始新的对话;随时可以发送“人工”转接人工客服。在群组中请 @我 或回复我的消息。\n"
+        "客服人员:对回答点 👍 或 👎 进行评价,或回复该回答并发送 /fix <正确回答> 进行更正;在客服群中回复转人工客户的"
+        "消息即可回复客户,回复 /release 将对话交还给机器人。管理员:/role <用户> <角色>。",
     )
     NOT_TEXT = (
         "Sorry, I can only read text messages. Please type your question.",
@@ -204,6 +206,8 @@ class TelegramChannel(ChatChannel):
     name = CHANNEL
     text_limit = MAX_MESSAGE_CHARS
     fix_command = "/fix"
+    release_command = "/release"
+    role_command = "/role"
 
     def __init__(self, service: ChannelService, settings: TelegramSettings) -> None:
         agents = Place(str(settings.agent_chat_id)) if settings.agent_chat_id is not None else None
@@ -332,6 +336,10 @@ class TelegramChannel(ChatChannel):
         [question_id, *_] = await self.send(self.agents_room, f"❓ {who}:\n{turn.user_text}")
         await self.send(Place(self.agents_room.chat_id, reply_to=question_id), f"🤖 {turn.answer}", turn.id)
 
+    def place_for(self, conversation_id: str) -> Place:
+        chat_id, _, topic = conversation_id.partition(":")  # see conversation_id()
+        return Place(chat_id, topic or None)
+
     @staticmethod
     def place_of(message: Message) -> Place:
         """In groups an answer quotes its question; in forum topics it stays in the topic."""
@@ -373,6 +381,9 @@ class TelegramChannel(ChatChannel):
         router.message.register(self.on_help, Command("help"))
         router.message.register(self.on_reset, Command("reset"))
         router.message.register(self.on_fix, Command("fix"))
+        router.message.register(self.on_release, Command("release"))
+        router.message.register(self.on_role, Command("role"))
+        router.message.register(self.on_agent_reply, F.text, self._replies_in_agents_room)
         router.message.register(self.on_text, F.text, self._addressed)
         router.message.register(self.on_other, self._addressed)
         router.message_reaction.register(self.on_reaction)
@@ -400,6 +411,11 @@ class TelegramChannel(ChatChannel):
                 return True
         return False
 
+    def _replies_in_agents_room(self, message: Message) -> bool:
+        """A reply to one of the bot's messages in the agents' room: an agent answering a customer."""
+        quoted = message.reply_to_message
+        return quoted is not None and self.in_agents_room(str(message.chat.id))
+
     async def on_start(self, message: Message) -> None:
         await self._say(message, Texts.START)
 
@@ -425,9 +441,7 @@ class TelegramChannel(ChatChannel):
         )
         private = message.chat.type == ChatType.PRIVATE
         async with self._typing(message):
-            await self.answer(
-                incoming, self.place_of(message), f"{user.full_name} (telegram:{user.id})" if private else None
-            )
+            await self.answer(incoming, self.place_of(message), f"{user.full_name} (telegram:{user.id})", private)
 
     async def on_fix(self, message: Message, command: CommandObject) -> None:
         assert message.from_user is not None
@@ -436,6 +450,36 @@ class TelegramChannel(ChatChannel):
         turn_id = await self.service.answer_for(chat_id, str(target.message_id)) if target else None
         reply = await self.fix(
             turn_id, str(message.from_user.id), command.args or "", chat_id, message.from_user.language_code or "en"
+        )
+        await self.send(self.place_of(message), reply)
+
+    async def on_agent_reply(self, message: Message) -> None:
+        assert message.from_user is not None and message.reply_to_message is not None
+        problem = await self.agent_says(
+            str(message.chat.id),
+            str(message.reply_to_message.message_id),
+            str(message.from_user.id),
+            message.text or "",
+            str(message.message_id),
+        )
+        if problem:
+            await self.send(self.place_of(message), problem)
+
+    async def on_release(self, message: Message) -> None:
+        assert message.from_user is not None
+        quoted = message.reply_to_message
+        reply = await self.release(
+            str(message.chat.id),
+            str(quoted.message_id) if quoted else None,
+            str(message.from_user.id),
+            message.from_user.language_code or "en",
+        )
+        await self.send(self.place_of(message), reply)
+
+    async def on_role(self, message: Message, command: CommandObject) -> None:
+        assert message.from_user is not None
+        reply = await self.change_role(
+            str(message.from_user.id), command.args or "", message.from_user.language_code or "en"
         )
         await self.send(self.place_of(message), reply)
 

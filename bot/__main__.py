@@ -2,7 +2,8 @@
 
 `python -m bot run` serves the HTTP API and the configured channels; `python -m bot chat` talks to
 the bot in the terminal. With no model configured and none registered, the starter model is built
-from data/ first. `python -m bot audit verify|show` checks or prints the audit log (bot/audit.py).
+from data/ first. `python -m bot audit verify|show` checks or prints the audit log (bot/audit.py);
+`python -m bot retention --days N` deletes old conversation text (bot/retention.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from bot import audit
+from bot import audit, retention
 from bot.config import BotSettings, ChannelSettings, load, load_settings
 from bot.logs import setup_logging
 from bot.models.registry import Registry
@@ -77,14 +78,21 @@ async def console(settings: BotSettings) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,chat,audit}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,chat,audit,retention}")
     commands.add_parser("run", help="serve the HTTP API and the configured channels")
     commands.add_parser("chat", help="talk to the bot in the terminal")
     audit.add_commands(commands.add_parser("audit", help="check (verify) or print (show) the audit log"))
+    retention.add_arguments(
+        commands.add_parser(
+            "retention", help="delete conversation text older than N days", description=retention.__doc__
+        )
+    )
     args = parser.parse_args()
     settings = load_settings()
     if args.command == "audit":
         raise SystemExit(audit.main(args, settings))
+    if args.command == "retention":
+        raise SystemExit(retention.main(args, settings))
     from adapters import CHANNELS
 
     channels = {name: load(settings_class) for name, (settings_class, _) in CHANNELS.items()}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from bot.cache import AnswerCache
 from bot.config import BotSettings, ConfigError
 from bot.feedback import Feedback
+from bot.handoff import HandOff
 from bot.limits import UserLimits
 from bot.models.pool import ModelPool
 from bot.models.runtime import GenerationSettings
@@ -31,6 +33,7 @@ class Bot:
     dialogue: DialogueManager
     feedback: Feedback
     cache: AnswerCache
+    handoff: HandOff
 
     async def close(self) -> None:
         self.models.close()
@@ -71,7 +74,21 @@ async def build_bot(settings: BotSettings) -> Bot:
         settings.blocked_cooldown_after,
         settings.blocked_cooldown_s,
     )
-    deps = StepDeps(
-        store=store, models=models, words=build_word_filter(settings), cache=cache, limits=limits, settings=settings
+    feedback = Feedback.from_settings(store, settings)
+    handoff = HandOff(
+        store,
+        feedback.roles,
+        settings.handoff_phrases,
+        timedelta(minutes=settings.handoff_timeout_minutes),
+        settings.session_idle,
     )
-    return Bot(settings, store, models, DialogueManager(deps), Feedback.from_settings(store, settings), cache)
+    deps = StepDeps(
+        store=store,
+        models=models,
+        words=build_word_filter(settings),
+        cache=cache,
+        limits=limits,
+        handoff=handoff,
+        settings=settings,
+    )
+    return Bot(settings, store, models, DialogueManager(deps), feedback, cache, handoff)

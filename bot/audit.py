@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,14 @@ class Verdict:
     line: str
     row_id: int | None = None
     head: str = AUDIT_GENESIS
+
+
+def cli_actor() -> str:
+    """Who runs a command-line operation, as the audit log names them: `cli:<OS user>`."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no user name in the environment nor the password database
+        return "cli:unknown"
 
 
 def verify_rows(rows: Sequence[Mapping[str, Any]]) -> Verdict:

@@ -76,6 +76,12 @@ class BotSettings(_Env):
     user_rate_period_s: float = Field(60.0, gt=0)
     blocked_cooldown_after: int = Field(3, ge=0)
     blocked_cooldown_s: float = Field(300.0, gt=0)
+    # Human hand-off (bot/handoff.py): comma-separated phrases that ask for a person (Latin ones match
+    # whole words), and the idle minutes after which a handed-off conversation goes back to the bot.
+    handoff_words: str = "人工,转人工,人工客服,真人,human,agent,real person"
+    handoff_timeout_minutes: float = Field(30.0, gt=0)
+    # The longest correction or agent reply kept (training data; a paste of a whole page is a mistake).
+    max_correction_chars: int = Field(4000, ge=1)
 
     @field_validator("log_level")
     @classmethod
@@ -109,6 +115,10 @@ class BotSettings(_Env):
     @property
     def session_idle(self) -> timedelta:
         return timedelta(minutes=self.session_idle_minutes)
+
+    @property
+    def handoff_phrases(self) -> list[str]:
+        return [w.strip() for w in self.handoff_words.split(",") if w.strip()]
 
     @property
     def agents(self) -> frozenset[str]:

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from prometheus_client import Counter
+
 from bot.config import SERVICE, ApiKey, BotSettings, token_digest
-from bot.store import Store
+from bot.store import Store, StoredTurn
 
 
 class Role(str, Enum):
@@ -36,6 +38,8 @@ class Role(str, Enum):
         return self.rank >= other.rank
 
 
+# Ratings given (0: retracted), by rater role and by the version and A/B variant of the rated answer.
+RATINGS = Counter("bot_ratings", "Ratings of answers", ["role", "rating", "model_version", "variant"])
 _RANKS = {Role.CUSTOMER: 0, Role.AGENT: 1, Role.ADMIN: 2}
 SERVICE_SENDER = f"http:{SERVICE}"
 # Who a role can be granted to: one user of one channel.
@@ -149,6 +153,16 @@ class Roles:
             raise NotAllowed(f"{sender} is not an {needed.value}: only {needed.value}s can {doing}")
         return role
 
+    async def change(self, actor: str, subject: str, role: str) -> Role:
+        """An admin's `role` for `subject` (`customer` revokes), from the admin API or a chat command; the
+        subject's role now. NotAllowed for non-admins (audited), ValueError for an unknown role or subject."""
+        await self.require(actor, Role.ADMIN, "grant_role", "change roles", target=subject, wanted=role)
+        try:
+            wanted = Role(role)
+        except ValueError:
+            raise ValueError(f"role: must be one of {', '.join(r.value for r in Role)}") from None
+        return await self.grant(subject, wanted, actor)
+
     async def grant(self, subject: str, role: Role, actor: str) -> Role:
         """Give `subject` a role at run time (`customer` revokes the granted one); audited. The role
         `subject` has afterwards: a configured role stays until the settings change."""
@@ -197,11 +211,12 @@ class Feedback:
         kept as customer feedback. A later rating by the same person replaces the earlier one."""
         if rating not in (1, -1, None):
             raise ValueError("rating must be 1 or -1")
-        await self._require_turn(turn_id)
+        turn = await self._require_turn(turn_id)
         role = await self.role(sender, in_agent_chat)
         # An admin's rating counts as an agent's: what trains the model is "agent" or "customer".
         counted = Role.AGENT if role.includes(Role.AGENT) else Role.CUSTOMER
         await self.store.set_rating(turn_id, sender, counted.value, rating)
+        RATINGS.labels(counted.value, str(rating or 0), turn.model_version, turn.variant).inc()
         await self.store.audit(
             sender,
             "rating" if rating else "rating_retracted",
@@ -230,6 +245,8 @@ class Feedback:
         await self.store.add_correction(turn_id, sender, text)
         await self.store.audit(sender, "correction", role=role.value, target=target, turn_id=turn_id)
 
-    async def _require_turn(self, turn_id: int) -> None:
-        if await self.store.turn(turn_id) is None:
+    async def _require_turn(self, turn_id: int) -> StoredTurn:
+        turn = await self.store.turn(turn_id)
+        if turn is None:
             raise UnknownTurn(f"no answer with turn_id {turn_id}")
+        return turn

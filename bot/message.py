@@ -51,3 +51,4 @@ class BotReply:
     cached: bool = False
     model_version: str = ""
     duplicate: bool = False  # the message was seen before; this is the answer already given
+    outcome: str = "answered"  # see pipeline.WorkingTurn.outcome (e.g. handed_off, with_agent)

@@ -11,11 +11,12 @@ the turn outright sets `turn.done`. The manager times every step and tells its o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -23,12 +24,13 @@ from prometheus_client import Counter, Histogram
 
 from bot.cache import AnswerCache
 from bot.config import BotSettings
+from bot.handoff import HANDED_OFF, HandOff
 from bot.limits import UserLimits
 from bot.message import BotReply, UserMessage, pick_language, strip_control_tokens
 from bot.models.chat import with_system
 from bot.models.pool import ModelBusy, ModelPool
 from bot.models.runtime import ChatModel
-from bot.privacy import mask_personal_data
+from bot.privacy import PLACEHOLDERS, mask_personal_data
 from bot.store import Store
 from bot.wordfilter import WordFilter
 
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 MESSAGES = Counter("bot_messages", "Messages handled", ["channel", "outcome"])
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30)
 LATENCY = Histogram("bot_answer_seconds", "Time from message to reply", ["cached"], buckets=BUCKETS)
+MASKED = Counter("bot_masked", "Personal data masked in customers' messages", ["kind"])
+FILTERED = Counter("bot_filtered", "Messages the word filter acted on", ["direction", "category", "action"])
 STEP_SECONDS = Histogram("bot_step_seconds", "Time spent in each pipeline step", ["step"], buckets=BUCKETS)
 RESET_COMMANDS = {"/reset", "reset"}
 TEMPLATE_TOKENS = 5  # ChatML around one message: <|im_start|> role \n ... <|im_end|> \n
@@ -67,6 +71,7 @@ class Replies:
         "请稍作休息,几分钟后我可以继续为您服务。",
     )
     BUSY = ("Many customers are asking right now. Please try again in a minute.", "当前咨询人数较多,请稍后再试。")
+    HANDED_OFF = HANDED_OFF
 
 
 @dataclass
@@ -84,6 +89,7 @@ class WorkingTurn:
     model_version: str = ""
     answer: str | None = None
     # answered | blocked | fallback | busy | too_long | empty | reset | rate_limited | cooling_down
+    # | handed_off (asked for a person) | with_agent (agents have the conversation: the bot is silent)
     outcome: str = "answered"
     cached: bool = False
     duplicate: bool = False
@@ -112,6 +118,7 @@ class StepDeps:
     words: WordFilter
     cache: AnswerCache
     limits: UserLimits
+    handoff: HandOff
     settings: BotSettings
 
 
@@ -176,7 +183,17 @@ class MaskPersonalData(Step):
     name = "mask_personal_data"
 
     async def __call__(self, turn: WorkingTurn) -> None:
-        turn.text = mask_personal_data(turn.text)
+        masked = mask_personal_data(turn.text)
+        if masked != turn.text:
+            for placeholder in PLACEHOLDERS:
+                if found := masked.count(placeholder) - turn.text.count(placeholder):
+                    MASKED.labels(placeholder.strip("[]").lower()).inc(found)
+        turn.text = masked
+
+
+def count_filtered(direction: str, categories: Iterable[str], blocked: bool) -> None:
+    for category in categories:
+        FILTERED.labels(direction, category, "blocked" if blocked else "masked").inc()
 
 
 class InputFilter(Step):
@@ -188,6 +205,7 @@ class InputFilter(Step):
         if verdict.blocked:
             turn.canned(Replies.BLOCKED, "blocked")
             self.deps.limits.note_blocked(turn.message.sender)
+        count_filtered("input", verdict.categories, verdict.blocked)
         if verdict.categories:
             await self.deps.store.audit(
                 turn.message.sender,
@@ -196,6 +214,22 @@ class InputFilter(Step):
                 blocked=verdict.blocked,
                 message_id=turn.message.message_id,
             )
+
+
+class HandOffToPerson(Step):
+    """A conversation agents have gets no bot answer (the message is stored for them); asking for a
+    person hands the conversation to agents (bot/handoff.py)."""
+
+    name = "hand_off"
+    makes_answer = True
+
+    async def __call__(self, turn: WorkingTurn) -> None:
+        msg, handoff = turn.message, self.deps.handoff
+        if await handoff.active(msg.channel, msg.conversation_id):
+            turn.settle("", "with_agent")
+        elif handoff.asks_for_person(turn.text):
+            await handoff.start(msg.channel, msg.conversation_id, msg.sender, "asked")
+            turn.canned(Replies.HANDED_OFF, "handed_off")
 
 
 class BuildContext(Step):
@@ -287,6 +321,7 @@ class OutputFilter(Step):
             turn.answer, turn.outcome = pick_language(Replies.BLOCKED, turn.message.text), "blocked"
         else:
             turn.answer = verdict.text
+        count_filtered("output", verdict.categories, verdict.blocked)
         if verdict.categories:
             await self.deps.store.audit(
                 "bot",
@@ -295,6 +330,10 @@ class OutputFilter(Step):
                 blocked=verdict.blocked,
                 message_id=turn.message.message_id,
             )
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Persist(Step):
@@ -327,6 +366,20 @@ class Persist(Step):
             assert earlier is not None
             turn.answer, turn.outcome = earlier.answer, earlier.outcome
             turn.turn_id, turn.duplicate = earlier.id, True
+            return
+        # The audit trail of the exchange: who, which turn, what came of it, and digests of the (masked)
+        # texts, which prove what was said while the texts themselves stay subject to retention.
+        await self.deps.store.audit(
+            msg.sender,
+            "message",
+            target=f"turn:{turn.turn_id}",
+            channel=msg.channel,
+            outcome=turn.outcome,
+            message_id=msg.message_id,
+            question_sha256=sha256_hex(turn.text),
+            answer_sha256=sha256_hex(turn.answer or ""),
+            model_version=version,
+        )
 
 
 STEPS: tuple[type[Step], ...] = (
@@ -334,6 +387,7 @@ STEPS: tuple[type[Step], ...] = (
     Deduplicate,
     MaskPersonalData,
     InputFilter,
+    HandOffToPerson,
     BuildContext,
     CachedAnswer,
     GenerateAnswer,
@@ -375,6 +429,7 @@ class DialogueManager:
             cached=turn.cached,
             model_version=version,
             duplicate=turn.duplicate,
+            outcome=turn.outcome,
         )
 
     async def follow_registry(self) -> None:

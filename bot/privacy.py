@@ -46,6 +46,7 @@ PHONE_MIN_DIGITS = 7  # the shortest national number in PHONE_REGIONS (a CN fixe
 _REGIONS = numdb.get("cn/loc")  # the region codes of Chinese ID numbers, as stdnum.cn.ric reads them
 
 _Span = tuple[int, int, str]  # start, end, placeholder
+PLACEHOLDERS = ("[EMAIL]", "[ID]", "[CARD]", "[IBAN]", "[PHONE]")
 
 
 def mask_personal_data(text: str) -> str:

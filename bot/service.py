@@ -7,13 +7,15 @@ another channel's rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from bot.admin import Admin
 from bot.app import Bot
 from bot.feedback import Role
-from bot.message import BotReply, UserMessage, strip_control_tokens
+from bot.handoff import HANDED_OFF, Deliver
+from bot.message import BotReply, UserMessage, pick_language, strip_control_tokens
 from bot.models.registry import Registry
 from bot.privacy import mask_personal_data
 from bot.store import StoredTurn
@@ -22,6 +24,14 @@ from bot.store import StoredTurn
 def build_admin(bot: Bot) -> Admin:
     """The HTTP channel's second object: token checks and the admin API (bot/admin.py)."""
     return Admin(Registry(bot.settings.data_dir), bot.store, bot.feedback)
+
+
+@dataclass(frozen=True)
+class Rated:
+    role: Role  # what the rating counted as: an agent's (trains) or a customer's
+    # Set when the rating handed the conversation to agents: which one, and what to tell the customer.
+    handed_off: str | None = None
+    customer_reply: str = ""
 
 
 class ChannelService:
@@ -40,9 +50,15 @@ class ChannelService:
     async def handle(self, message: UserMessage) -> BotReply:
         return await self._bot.dialogue.handle(message)
 
-    async def rate(self, turn_id: int, user_id: str, rating: int | None, in_agent_chat: bool = False) -> Role:
-        """Record (None: retract) a user's rating of an answer; the role it counted with."""
-        return await self._bot.feedback.rate(turn_id, self.sender(user_id), rating, in_agent_chat)
+    async def rate(self, turn_id: int, user_id: str, rating: int | None, in_agent_chat: bool = False) -> Rated:
+        """Record (None: retract) a user's rating of an answer: the role it counted with, and whether it
+        handed the conversation to agents (a customer's second 👎 in a row)."""
+        sender = self.sender(user_id)
+        role = await self._bot.feedback.rate(turn_id, sender, rating, in_agent_chat)
+        turn = await self._store.turn(turn_id)
+        if turn is None or not await self._bot.handoff.after_rating(turn_id, sender, rating, role):
+            return Rated(role)
+        return Rated(role, turn.conversation_id, pick_language(HANDED_OFF, turn.user_text))
 
     async def withdraw(self, turn_id: int, user_id: str, rating: int) -> None:
         """Retract the user's rating only if it is still `rating` (a removed reaction of that kind)."""
@@ -51,14 +67,56 @@ class ChannelService:
     async def correct(self, turn_id: int, user_id: str, text: str, in_agent_chat: bool = False) -> None:
         """Store an agent's corrected answer, masked and without control tokens (it becomes training
         data); NotAllowed for others, ValueError when empty."""
+        self._check_length(text, "correction")
         clean = mask_personal_data(strip_control_tokens(text))
         await self._bot.feedback.correct(turn_id, self.sender(user_id), clean, in_agent_chat)
+
+    def _check_length(self, text: str, what: str) -> None:
+        limit = self._bot.settings.max_correction_chars
+        if len(text) > limit:
+            raise ValueError(f"the {what} is longer than {limit} characters")
+
+    async def change_role(self, user_id: str, subject: str, role: str) -> Role:
+        """An admin's role command: `subject` gets `role` (customer revokes); its role now. NotAllowed for
+        non-admins, ValueError for a bad subject or role."""
+        return await self._bot.feedback.roles.change(self.sender(user_id), subject, role)
 
     async def turn(self, turn_id: int) -> StoredTurn | None:
         return await self._store.turn(turn_id)
 
     async def latest_turn(self, conversation_id: str) -> StoredTurn | None:
         return await self._store.latest_turn(self.channel, conversation_id)
+
+    # --- hand-off to a person (bot/handoff.py) ------------------------------------------------------
+
+    def deliver_with(self, deliver: Deliver) -> None:
+        """How agents' replies reach this channel's customers."""
+        self._bot.handoff.deliver_with(self.channel, deliver)
+
+    async def agent_reply(
+        self, channel: str, conversation_id: str, user_id: str, text: str, message_id: str, in_agent_chat: bool = False
+    ) -> int:
+        """An agent's reply to a customer (of any channel): relayed and stored; the turn it is kept in.
+        NotAllowed for non-agents, ValueError when empty or too long, LookupError for no such conversation."""
+        self._check_length(text, "reply")
+        return await self._bot.handoff.reply(
+            channel, conversation_id, self.sender(user_id), text, message_id, in_agent_chat
+        )
+
+    async def with_agents(self, channel: str, conversation_id: str) -> bool:
+        """Whether agents have the conversation now (a hand-off that has not timed out)."""
+        return await self._bot.handoff.active(channel, conversation_id)
+
+    async def release(self, channel: str, conversation_id: str, user_id: str, in_agent_chat: bool = False) -> bool:
+        """Give a conversation back to the bot; whether agents had it. NotAllowed for non-agents."""
+        return await self._bot.handoff.release(channel, conversation_id, self.sender(user_id), in_agent_chat)
+
+    async def transcript(self, conversation_id: str) -> list[StoredTurn]:
+        """The latest turns of one of this channel's conversations (masked), for the agents."""
+        return await self._bot.handoff.transcript(self.channel, conversation_id)
+
+    async def handoffs(self, user_id: str) -> list[dict[str, Any]]:
+        return await self._bot.handoff.open(self.sender(user_id))
 
     # --- answer links: which platform messages carry which answer -----------------------------------
 
@@ -99,11 +157,18 @@ class ChannelService:
 
     # --- status -------------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """What /healthz shows: the versions served and the answer cache's counters."""
+    async def status(self) -> dict[str, Any]:
+        """What /healthz shows: whether the store answers and a model is loaded, the versions served and
+        the answer cache's counters."""
         models, cache = self._bot.models, self._bot.cache
+        checks = {"store": "ok", "model": "ok" if models.version_of("current") else "no model loaded"}
+        try:
+            await self._store.ping()
+        except Exception as exc:  # reported, not raised: the probe must get its answer
+            checks["store"] = f"{type(exc).__name__}: {exc}"
         return {
-            "status": "ok",
+            "status": "ok" if set(checks.values()) == {"ok"} else "unavailable",
+            "checks": checks,
             "model_version": models.version_of("current"),
             "candidate": models.version_of("candidate") or None,
             "ab_share": models.ab_share,

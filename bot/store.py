@@ -5,6 +5,7 @@ Every write commits before the caller acknowledges anything, so a restart loses 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -124,7 +125,21 @@ MIGRATIONS: list[str] = [
         granted_at TEXT NOT NULL
     );
     """,
+    # Conversations handed off to a person (bot/handoff.py): a row while agents answer instead of the bot.
+    """
+    CREATE TABLE handoffs (
+        channel TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        started_by TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        last_at TEXT NOT NULL,
+        PRIMARY KEY (channel, conversation_id)
+    );
+    """,
 ]
+# Outcomes whose answers are part of a conversation: the bot's own, and an agent's during a hand-off.
+CONVERSED = "('answered', 'agent')"
 
 
 @dataclass(frozen=True)
@@ -150,6 +165,9 @@ class StoredTurn:
 class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        # Appends from this process take turns, so they never race each other for the chain's head (the
+        # compare-and-swap in `audit` is for other processes); under a flood they would starve.
+        self._audit_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path | str) -> Store:
@@ -229,10 +247,10 @@ class Store:
         return _turn(row) if row else None
 
     async def history(self, channel: str, conversation_id: str, session: int, limit: int = 50) -> list[StoredTurn]:
-        """Answered turns of one session, oldest first."""
+        """Answered turns of one session (by the bot or an agent), oldest first."""
         rows = await self._fetchall(
             "SELECT * FROM (SELECT * FROM turns WHERE channel=? AND conversation_id=? AND session=? "
-            "AND outcome='answered' ORDER BY id DESC LIMIT ?) ORDER BY id",
+            f"AND outcome IN {CONVERSED} AND user_text != '' ORDER BY id DESC LIMIT ?) ORDER BY id",
             (channel, conversation_id, session, limit),
         )
         return [_turn(r) for r in rows]
@@ -247,14 +265,16 @@ class Store:
 
     async def session_turns(self, channel: str, conversation_id: str, session: int, before_id: int) -> list[StoredTurn]:
         rows = await self._fetchall(
-            "SELECT * FROM turns WHERE channel=? AND conversation_id=? AND session=? AND id<? AND outcome='answered' "
-            "ORDER BY id",
+            "SELECT * FROM turns WHERE channel=? AND conversation_id=? AND session=? AND id<? "
+            f"AND outcome IN {CONVERSED} AND user_text != '' ORDER BY id",
             (channel, conversation_id, session, before_id),
         )
         return [_turn(r) for r in rows]
 
-    async def turns(self) -> list[StoredTurn]:
-        return [_turn(r) for r in await self._fetchall("SELECT * FROM turns ORDER BY id", ())]
+    async def turns(self, outcome: str | None = None) -> list[StoredTurn]:
+        if outcome is None:
+            return [_turn(r) for r in await self._fetchall("SELECT * FROM turns ORDER BY id", ())]
+        return [_turn(r) for r in await self._fetchall("SELECT * FROM turns WHERE outcome=? ORDER BY id", (outcome,))]
 
     # --- platform message ids of answers, so reactions find their turn ---------------------------
 
@@ -335,6 +355,10 @@ class Store:
             "outcome": outcome,
             "detail": json.dumps(detail, ensure_ascii=False, default=str),
         }
+        async with self._audit_lock:
+            return await self._append_audit(row)
+
+    async def _append_audit(self, row: dict[str, Any]) -> int:
         for _ in range(100):
             last = await self._fetchone("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", ())
             prev = AUDIT_GENESIS if last is None else last["hash"] or ""
@@ -462,6 +486,102 @@ class Store:
 
     async def granted_roles(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self._fetchall("SELECT * FROM roles ORDER BY subject", ())]
+
+    # --- hand-offs: conversations agents answer instead of the bot (bot/handoff.py) -------------
+
+    async def handoff(self, channel: str, conversation_id: str) -> dict[str, Any] | None:
+        row = await self._fetchone(
+            "SELECT * FROM handoffs WHERE channel=? AND conversation_id=?", (channel, conversation_id)
+        )
+        return dict(row) if row else None
+
+    async def handoff_start(self, channel: str, conversation_id: str, reason: str, started_by: str) -> bool:
+        """Mark the conversation handed off; False if it already was."""
+        now = utcnow().isoformat()
+        cursor = await self._write(
+            "INSERT OR IGNORE INTO handoffs (channel, conversation_id, reason, started_by, started_at, last_at) "
+            "VALUES (?,?,?,?,?,?)",
+            (channel, conversation_id, reason, started_by, now, now),
+        )
+        return cursor.rowcount == 1
+
+    async def handoff_touch(self, channel: str, conversation_id: str) -> None:
+        await self._write(
+            "UPDATE handoffs SET last_at=? WHERE channel=? AND conversation_id=?",
+            (utcnow().isoformat(), channel, conversation_id),
+        )
+
+    async def handoff_end(self, channel: str, conversation_id: str) -> bool:
+        """Give the conversation back to the bot; whether it was handed off."""
+        cursor = await self._write(
+            "DELETE FROM handoffs WHERE channel=? AND conversation_id=?", (channel, conversation_id)
+        )
+        return cursor.rowcount == 1
+
+    async def handoffs(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._fetchall("SELECT * FROM handoffs ORDER BY started_at", ())]
+
+    async def add_agent_answer(
+        self, channel: str, conversation_id: str, agent: str, text: str, message_id: str, session_idle: timedelta
+    ) -> tuple[int, bool]:
+        """An agent's reply in a handed-off conversation. It answers the customer's latest message if
+        that is still waiting for a person (or adds to the agent's answer to it); otherwise it is kept
+        as a turn of its own without a question. The turn id, and whether it answers a question."""
+        latest = await self.latest_turn(channel, conversation_id)
+        if latest is not None and latest.outcome in ("with_agent", "agent"):
+            answer = f"{latest.answer}\n{text}" if latest.answer else text
+            await self._write(
+                "UPDATE turns SET answer=?, outcome='agent', model_version='agent', variant='agent' WHERE id=?",
+                (answer, latest.id),
+            )
+            return latest.id, True
+        turn_id = await self.add_turn(
+            channel=channel,
+            conversation_id=conversation_id,
+            session=await self.session_for(channel, conversation_id, session_idle),
+            user_id=agent,
+            message_id=f"agent:{message_id}",
+            user_text="",
+            answer=text,
+            model_version="agent",
+            variant="agent",
+            latency_ms=0.0,
+            outcome="agent",
+        )
+        return turn_id, False
+
+    # --- retention (bot/retention.py) -------------------------------------------------------------
+
+    async def purge_before(self, cutoff: str) -> dict[str, int]:
+        """Delete conversation text created before `cutoff` (ISO time, UTC) in one transaction, with freed
+        pages overwritten; the rows deleted per table. Audit rows are kept (they hold no text)."""
+        old_turns = "SELECT id FROM turns WHERE created_at < ?"
+        statements = {
+            "answer_messages": f"DELETE FROM answer_messages WHERE turn_id IN ({old_turns})",
+            "ratings": f"DELETE FROM ratings WHERE turn_id IN ({old_turns})",
+            "corrections": f"DELETE FROM corrections WHERE turn_id IN ({old_turns})",
+            "turns": "DELETE FROM turns WHERE created_at < ?",
+            "inbox": "DELETE FROM inbox WHERE COALESCE(done_at, dead_at, received_at) < ?",
+            "conversations": "DELETE FROM conversations WHERE last_at < ?",
+        }
+        deleted: dict[str, int] = {}
+        await self._db.execute("PRAGMA secure_delete=ON")
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            for table, sql in statements.items():
+                deleted[table] = (await self._db.execute(sql, (cutoff,))).rowcount
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+        finally:
+            await self._db.execute("PRAGMA secure_delete=OFF")
+        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # old page images leave the WAL too
+        return deleted
+
+    async def ping(self) -> None:
+        """A read of the database file itself (health checks): raises if it cannot be read."""
+        await self._fetchone("SELECT count(*) FROM sqlite_master", ())
 
     # --- plumbing -------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ import json
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 
@@ -242,3 +244,54 @@ def test_the_command_line_verifies_and_shows(tmp_path: Path) -> None:
     broken = audit_cli(tmp_path, "verify")
     assert broken.returncode == 1
     assert broken.stdout.strip() == "audit chain broken at row 3: edited (its content does not match its hash)"
+
+
+async def old_and_new_turns(path: Path) -> None:
+    """A conversation from 40 days ago with a rating and a correction, and one from today."""
+    store = await Store.open(path)
+    try:
+        long_ago = (datetime.now(timezone.utc) - timedelta(days=40)).isoformat()
+        for created_at, text in ((long_ago, "旧问题 old-secret-question"), (None, "new question")):
+            turn_id = await store.add_turn(
+                channel="telegram",
+                conversation_id="c1",
+                session=1,
+                user_id="u1",
+                message_id=text,
+                user_text=text,
+                answer=f"answer to {text}",
+                model_version="v0001",
+                latency_ms=1.0,
+                **({"created_at": created_at} if created_at else {}),
+            )
+            await store.set_rating(turn_id, "telegram:42", "agent", -1)
+            await store.add_correction(turn_id, "telegram:42", f"fixed {text}")
+            await store.audit("telegram:u1", "message", target=f"turn:{turn_id}")
+    finally:
+        await store.close()
+
+
+def test_retention_deletes_old_conversation_text_and_the_chain_still_verifies(tmp_path: Path) -> None:
+    path = database_path(tmp_path)
+    asyncio.run(old_and_new_turns(path))
+
+    def retention(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "bot", "retention", *args]
+        return subprocess.run(command, cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
+
+    refused = retention("--days", "0")
+    assert refused.returncode == 2 and "--days: a whole number of days" in refused.stderr
+    done = retention("--days", "30")
+    assert done.returncode == 0, done.stderr
+    deleted = json.loads(done.stdout)["deleted"]
+    assert (deleted["turns"], deleted["ratings"], deleted["corrections"]) == (1, 1, 1)
+    with closing(sqlite3.connect(path)) as db:
+        assert [r[0] for r in db.execute("SELECT user_text FROM turns")] == ["new question"]
+        assert [r[0] for r in db.execute("SELECT text FROM corrections")] == ["fixed new question"]
+    # Overwritten, not only unlinked: the old text is in no file of the data directory.
+    for file in tmp_path.iterdir():
+        assert b"old-secret-question" not in file.read_bytes(), file
+    assert audit_cli(tmp_path, "verify").returncode == 0
+    shown = audit_cli(tmp_path, "show", "--action", "retention")
+    [row] = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert row["actor"].startswith("cli:") and row["detail"]["deleted"]["turns"] == 1

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.server import RunningServer
 from tests.support import ORDER_A, ORDER_Q, post
@@ -86,7 +87,10 @@ async def test_control_characters_are_dropped_not_fatal(server: RunningServer) -
 
 
 async def test_health_and_metrics(server: RunningServer) -> None:
-    await post(server, "/chat", {"conversation_id": "c1", "user_id": "u1", "text": ORDER_Q})
+    _, chat = await post(server, "/chat", {"conversation_id": "c1", "user_id": "u1", "text": ORDER_Q})
+    await post(server, "/feedback", {"turn_id": chat["turn_id"], "rating": 1}, who="alice")
+    await post(server, "/chat", {"conversation_id": "c2", "user_id": "u1", "text": "我的手机13812345678,可以刷单吗"})
+    await post(server, "/chat", {"conversation_id": "c3", "user_id": "u1", "text": "转人工"})
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{server.port}/healthz") as resp:
             health = await resp.json()
@@ -94,3 +98,19 @@ async def test_health_and_metrics(server: RunningServer) -> None:
             metrics = await resp.text()
     assert health["status"] == "ok" and health["model_version"] == "v0001"
     assert 'bot_messages_total{channel="http",outcome="answered"}' in metrics
+    # Prometheus can read it, and it counts what operators watch (values are per process, so at least).
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("bot_masked_total", kind="phone") >= 1
+    assert value("bot_filtered_total", direction="input", category="fraud", action="blocked") >= 1
+    assert value("bot_ratings_total", role="agent", rating="1", model_version="v0001", variant="current") >= 1
+    assert value("bot_handoffs_total", channel="http", reason="asked") >= 1
+    assert value("bot_messages_total", channel="http", outcome="handed_off") >= 1
+    assert ("bot_model_queue", ()) in samples

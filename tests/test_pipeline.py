@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+
+import pytest
 
 from bot.app import Bot, build_bot
 from bot.message import UserMessage
@@ -17,8 +20,21 @@ def msg(text: str, conversation: str = "c1", message_id: str | None = None) -> U
     return UserMessage("http", conversation, "u1", message_id or uuid.uuid4().hex, text)
 
 
+_opened: list[Bot] = []
+
+
 async def with_bot(data_dir, **overrides) -> Bot:
-    return await build_bot(make_settings(data_dir, **overrides))
+    bot = await build_bot(make_settings(data_dir, **overrides))
+    _opened.append(bot)
+    return bot
+
+
+@pytest.fixture(autouse=True)
+async def _close_bots() -> AsyncIterator[None]:
+    """Bots a failed test left open are closed: an open store's thread would keep pytest from exiting."""
+    yield
+    while _opened:
+        await _opened.pop().close()
 
 
 def test_steps_run_in_the_documented_order() -> None:
@@ -27,6 +43,7 @@ def test_steps_run_in_the_documented_order() -> None:
         "deduplicate",
         "mask_personal_data",
         "input_filter",
+        "hand_off",
         "build_context",
         "answer_cache",
         "model",
@@ -58,7 +75,9 @@ async def test_blocked_input_gets_a_canned_reply_and_an_audit_event(data_dir) ->
     turn = await bot.store.turn(reply.turn_id)
     assert turn.outcome == "blocked" and "人工客服" in reply.text and "刷单" not in turn.user_text
     assert bot.cache.hits == bot.cache.misses == 0  # no cache look-up, no model call
-    assert [e["action"] for e in await bot.store.audit_events()] == ["input_filtered"]
+    filtered, message = await bot.store.audit_events()
+    assert (filtered["action"], message["action"], message["outcome"]) == ("input_filtered", "message", "blocked")
+    assert message["target"] == f"turn:{turn.id}" and "刷单" not in message["detail"]
     await bot.close()
 
 

@@ -1,8 +1,13 @@
+import logging
+from pathlib import Path
+
 import pytest
 from stdnum import iban, luhn
 from stdnum.cn import ric
 
+from bot.__main__ import start
 from bot.privacy import mask_personal_data
+from tests.support import get, make_settings, post
 
 
 @pytest.mark.parametrize(
@@ -188,3 +193,39 @@ def test_masking_is_idempotent_and_keeps_surroundings() -> None:
     once = mask_personal_data(text)
     assert once == "　您好！手机[PHONE]，IBAN [IBAN]。"
     assert mask_personal_data(once) == once
+
+
+# --- end to end: nothing raw on disk or in the logs ------------------------------------------------------
+
+RAW = ("13812345678", "11010519491231002X", "4111111111111111", "zhang.san@example.com")
+
+
+async def test_no_raw_personal_data_on_disk_or_in_the_logs_after_any_chat(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A customer's chat, an agent's correction and an agent's hand-off reply, all with personal data,
+    through the real HTTP server: none of it is left in any file under BOT_DATA_DIR or in the logs."""
+    caplog.set_level(logging.DEBUG)
+    raw = "手机13812345678,身份证11010519491231002X,卡号4111111111111111,邮箱zhang.san@example.com"
+    server = await start(make_settings(data_dir), {})
+    try:
+        chat = {"conversation_id": "c1", "user_id": "u1", "text": f"订单什么时候到?{raw}"}
+        status, reply = await post(server, "/chat", chat)
+        assert status == 200
+        fix = {"turn_id": reply["turn_id"], "rating": -1, "correction": f"请核对{raw}"}
+        assert (await post(server, "/feedback", fix, who="alice"))[0] == 200
+        assert (await post(server, "/chat", chat | {"text": f"转人工 {raw}"}))[0] == 200
+        target = {"channel": "http", "conversation_id": "service/c1", "text": f"已登记 {raw}"}
+        assert (await post(server, "/admin/reply", target, who="alice"))[0] == 200
+        status, history = await get(server, "/chat/history?conversation_id=c1")
+        assert status == 200 and "[PHONE]" in history["turns"][-1]["answer"]
+    finally:
+        await server.stop()
+    files = [path for path in data_dir.rglob("*") if path.is_file() and not path.is_relative_to(data_dir / "models")]
+    assert files, "the store was written"
+    for path in files:
+        content = path.read_bytes()
+        for value in RAW:
+            assert value.encode() not in content, (value, path)
+    for value in RAW:
+        assert value not in caplog.text

@@ -23,6 +23,7 @@ from adapters.base import split_text
 from adapters.slack import SlackChannel
 from bot.__main__ import start
 from bot.config import SlackSettings
+from bot.handoff import HANDED_OFF
 from bot.server import RunningServer
 from bot.service import ChannelService
 from bot.store import Store
@@ -379,6 +380,35 @@ async def test_agent_channel_mirror_can_be_rated_and_fixed(mirrored: Slack, api:
     await mirrored.settled()
     assert [(r["rating"], r["role"]) for r in await mirrored.store.ratings(turn.id)] == [(1, "agent")]
     assert [(c["turn_id"], c["text"]) for c in await mirrored.store.corrections()] == [(turn.id, "更好的答案")]
+
+
+async def test_two_downvotes_hand_off_and_an_agent_answers_in_the_thread(mirrored: Slack, api: FakeSlackApi) -> None:
+    first_ts = await mirrored.dm(QUESTION)
+    second_ts = await mirrored.dm("怎么退货?")
+    await api.wait_for_posts(4)  # two answers, two mirrors
+    answers = [p for p in api.posts if p.channel == DM]
+    await mirrored.settled()
+    assert first_ts and second_ts and len(answers) == 2
+    for answer in answers:
+        await mirrored.react("-1", DM, answer.ts, CUSTOMER)
+    posts = await api.wait_for_posts(6)
+    told, notice = posts[4:]
+    assert (told.channel, told.text) == (DM, HANDED_OFF[1])
+    assert notice.channel == AGENTS and "👎" in notice.text and ANSWER in notice.text
+
+    await mirrored.dm("还在吗?")
+    [waiting] = (await api.wait_for_posts(7))[6:]
+    assert waiting.channel == AGENTS and "还在吗" in waiting.text
+    await mirrored.in_thread("在的,我来帮您 &lt;退货&gt;", thread_ts=notice.ts, user=AGENT, channel=AGENTS)
+    [relayed] = (await api.wait_for_posts(8))[7:]
+    assert (relayed.channel, relayed.thread_ts, relayed.text) == (DM, None, "在的,我来帮您 &lt;退货&gt;")
+    await mirrored.in_thread("!release", thread_ts=waiting.ts, user=AGENT, channel=AGENTS)
+    back, confirmed = sorted((await api.wait_for_posts(10))[8:], key=lambda p: p.channel != DM)
+    assert back.channel == DM and "智能客服" in back.text
+    assert (confirmed.channel, confirmed.thread_ts) == (AGENTS, waiting.ts)
+    await mirrored.settled()
+    [agent_turn] = [t for t in await mirrored.store.turns() if t.outcome == "agent"]
+    assert (agent_turn.user_text, agent_turn.answer) == ("还在吗?", "在的,我来帮您 <退货>")
 
 
 async def test_long_mirror_is_split_and_every_part_rates_the_turn(mirrored: Slack, api: FakeSlackApi) -> None:

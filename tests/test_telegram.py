@@ -22,6 +22,7 @@ from adapters.telegram import MAX_MESSAGE_CHARS, TelegramChannel
 from bot.__main__ import start
 from bot.app import build_bot
 from bot.config import TelegramSettings
+from bot.handoff import HANDED_OFF
 from bot.message import UserMessage
 from bot.server import RunningServer
 from bot.store import Store
@@ -287,6 +288,39 @@ async def test_agent_chat_mirrors_and_rates_the_original_turn(data_dir: Path, fa
         await handled(server, fake, chatter)
         assert len([s for s in fake.sent if s.chat_id == AGENT_CHAT]) == 3
         assert [c["turn_id"] for c in await store.corrections()] == [turn_id]
+
+
+async def test_handoff_to_an_agent_and_back(data_dir: Path, fake: FakeTelegram) -> None:
+    async with serving(data_dir, fake, agent_chat_id=AGENT_CHAT) as server:
+        assert (await ask(fake, CUSTOMER, QUESTION)).text == ANSWER
+        await fake.wait_sent(2, chat_id=AGENT_CHAT)  # the mirrored question and answer
+        asked = await ask(fake, CUSTOMER, "转人工")
+        assert asked.text == HANDED_OFF[1]
+        [notice] = (await fake.wait_sent(3, chat_id=AGENT_CHAT))[2:]
+        assert f"telegram:{CUSTOMER}" in notice.text and QUESTION in notice.text and ANSWER in notice.text
+
+        # While agents have it the bot is silent; the customer's messages reach the agents' chat.
+        update_id = await fake.push(message(CUSTOMER, "我的包裹丢了,电话13812345678"))
+        [waiting] = (await fake.wait_sent(4, chat_id=AGENT_CHAT))[3:]
+        await handled(server, fake, update_id)
+        assert "包裹丢了" in waiting.text and "13812345678" not in waiting.text
+        assert len([s for s in fake.sent if s.chat_id == CUSTOMER]) == 2
+
+        # Someone in the agents' chat who is not an agent is refused; an agent's reply reaches the customer.
+        refused = await ask(fake, AGENT_CHAT, "我来回复", 77, reply_to_message=reply_to(waiting))
+        assert "只有客服人员" in refused.text
+        before = len([s for s in fake.sent if s.chat_id == CUSTOMER])
+        await fake.push(message(AGENT_CHAT, "已为您补发,请留意快递", AGENT, reply_to_message=reply_to(waiting)))
+        relayed = (await fake.wait_sent(before + 1, chat_id=CUSTOMER))[before]
+        assert relayed.text == "已为您补发,请留意快递"
+
+        released = await ask(fake, AGENT_CHAT, "/release", AGENT, reply_to_message=reply_to(notice))
+        assert "交还" in released.text
+        back = (await fake.wait_sent(before + 2, chat_id=CUSTOMER))[before + 1]
+        assert "智能客服" in back.text
+        assert (await ask(fake, CUSTOMER, QUESTION)).text == ANSWER
+        stored = [t for t in await server.bot.store.turns() if t.outcome == "agent"]
+        assert [(t.user_text, t.answer) for t in stored] == [("我的包裹丢了,电话[PHONE]", "已为您补发,请留意快递")]
 
 
 # --- delivery ---------------------------------------------------------------------------------------

@@ -69,7 +69,13 @@ async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_di
         await asyncio.sleep(0.1)
     assert server.bot.models.version_of("current") == "v0002" and len(server.bot.cache) == 0
     fresh = await chat(server, "c5", ORDER_Q, user="u9")
-    assert fresh == {"answer": FIXED, "turn_id": fresh["turn_id"], "cached": False, "model_version": "v0002"}
+    assert fresh == {
+        "answer": FIXED,
+        "turn_id": fresh["turn_id"],
+        "cached": False,
+        "model_version": "v0002",
+        "outcome": "answered",
+    }
     assert (await chat(server, "c6", "如何退换货?"))["answer"] == "7天内可无理由退货,请在APP提交申请并寄回商品"
 
     again = await asyncio.to_thread(tuning_cli, data_dir, "run")
@@ -78,8 +84,11 @@ async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_di
 
     rolled = await asyncio.to_thread(tuning_cli, data_dir, "rollback")
     assert rolled.returncode == 0 and json.loads(rolled.stdout)["current"] == "v0001"
-    audit = [e["action"] for e in await server.bot.store.audit_events()]
+    events = await server.bot.store.audit_events()
+    audit = [e["action"] for e in events]
     assert "tuning_run" in audit and "rollback" in audit
+    [export] = [e for e in events if e["action"] == "data_export"]  # `tuning dataset` above
+    assert export["actor"].startswith("cli:") and export["target"] == str(tmp_path / "ds")
     assert "hot_swap" in audit  # the running bot recorded that it now serves the promoted version
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import logging
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import admin
+from bot.audit import cli_actor
 from bot.config import BotSettings, load_settings
 from bot.models.chat import with_system
 from bot.models.registry import HF_DIR, Registry, RegistryError, State
@@ -126,10 +126,15 @@ def cmd_bootstrap(args: argparse.Namespace, settings: BotSettings, registry: Reg
 
 
 def cmd_dataset(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    from tuning import dataset
+    from tuning import dataset, monthly
 
     splits, card = dataset.build(database_path(settings.data_dir), args.data, include_sample=not args.no_sample)
-    dataset.write(splits, card, args.out)
+    data_hash = dataset.write(splits, card, args.out)
+    asyncio.run(
+        monthly.audit(
+            settings.data_dir, cli_actor(), "data_export", target=str(args.out), rows=card["rows"], data_hash=data_hash
+        )
+    )
     _print(json.loads((args.out / "card.json").read_text()))
     return 0
 
@@ -198,14 +203,6 @@ def cmd_list(args: argparse.Namespace, settings: BotSettings, registry: Registry
     return 0
 
 
-def operator() -> str:
-    """Who runs this command, as the audit log names them: `cli:<OS user>`."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no user name in the environment nor the password database
-        return "cli:unknown"
-
-
 def _with_store(settings: BotSettings, operation: Callable[[Store], Awaitable[State]]) -> State:
     """Run one admin operation (bot/admin.py, shared with the HTTP admin API) against the store."""
 
@@ -220,19 +217,19 @@ def _with_store(settings: BotSettings, operation: Callable[[Store], Awaitable[St
 
 
 def cmd_promote(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    state = _with_store(settings, lambda store: admin.promote(registry, store, operator(), args.version))
+    state = _with_store(settings, lambda store: admin.promote(registry, store, cli_actor(), args.version))
     _print(state.__dict__)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    state = _with_store(settings, lambda store: admin.rollback(registry, store, operator()))
+    state = _with_store(settings, lambda store: admin.rollback(registry, store, cli_actor()))
     _print(state.__dict__)
     return 0
 
 
 def cmd_ab(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    state = _with_store(settings, lambda store: admin.ab_test(registry, store, operator(), args.version, args.share))
+    state = _with_store(settings, lambda store: admin.ab_test(registry, store, cli_actor(), args.version, args.share))
     _print(state.__dict__)
     return 0
 

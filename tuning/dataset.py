@@ -1,7 +1,8 @@
 """Dataset stage: rated chats from the store, mixed with the shipped sample data and extra files,
 written as a Hugging Face DatasetDict and as chat JSONL, with a small data card.
 
-- an agent's correction, or an answer agents rated 👍 (net), becomes a training target;
+- an agent's correction, an answer agents rated 👍 (net), or an agent's own answer during a hand-off
+  becomes a training target;
 - an answer agents rated 👎 without a correction is kept out of training, as a labelled negative;
 - customers' reactions are counted in the card but never become targets;
 - personal data is masked again; duplicates are dropped (rated chats win over file rows);
@@ -46,16 +47,17 @@ def _row(messages: list[dict[str, str]], source: str, **fields: Any) -> dict[str
 
 
 async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
-    """One row per answered turn that agents rated or corrected."""
+    """One row per answered turn that agents rated or corrected, and per question an agent answered."""
     ratings: dict[int, list[dict[str, Any]]] = {}
     for r in await store.ratings():
         ratings.setdefault(r["turn_id"], []).append(r)
     corrections = {c["turn_id"]: c["text"] for c in await store.corrections()}  # the latest wins
     counts: Counter = Counter()
     rows = []
-    for turn_id in sorted(set(ratings) | set(corrections)):
+    by_agents = {t.id for t in await store.turns(outcome="agent") if t.user_text}
+    for turn_id in sorted(set(ratings) | set(corrections) | by_agents):
         turn = await store.turn(turn_id)
-        if turn is None or turn.outcome != "answered":
+        if turn is None or turn.outcome not in ("answered", "agent"):
             continue
         agent_score = sum(r["rating"] for r in ratings.get(turn_id, []) if r["role"] == "agent")
         counts.update(
@@ -80,7 +82,7 @@ async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
         if turn_id in corrections:
             fixed = mask_personal_data(corrections[turn_id])
             label, target, verdict = "corrected", fixed, {"correction": fixed, "chosen": fixed, "rejected": answer}
-        elif agent_score > 0:
+        elif turn.outcome == "agent" or agent_score > 0:
             label, target, verdict = "good", answer, {"chosen": answer}
         elif agent_score < 0:
             label, target, verdict = "bad", answer, {"rejected": answer}

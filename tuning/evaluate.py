@@ -125,7 +125,7 @@ def ab_report(turns: list[Any], ratings: list[dict[str, Any]]) -> dict[str, dict
     for r in ratings:
         by_turn.setdefault(r["turn_id"], []).append(r["rating"])
     report: dict[str, dict[str, Any]] = {}
-    for variant in sorted({t.variant for t in turns}):
+    for variant in sorted({t.variant for t in turns if t.outcome == "answered"}):  # agents' answers are no variant
         mine = [t for t in turns if t.variant == variant and t.outcome == "answered"]
         votes = [v for t in mine for v in by_turn.get(t.id, [])]
         ups = sum(1 for v in votes if v > 0)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.audit import cli_actor
 from bot.models.chat import Chat, with_system
 from bot.models.export import export_onnx
 from bot.models.registry import HF_DIR, ONNX_DIR, Registry
@@ -147,7 +148,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     else:
         registry.promote(version)
         outcome = f"promoted {version} to production"
-    asyncio.run(audit(data_dir, "tuning", "tuning_run", version=version, outcome=outcome))
+    asyncio.run(audit(data_dir, cli_actor(), "tuning_run", target=f"model:{version}", result=outcome))
     return {
         "version": version,
         "outcome": outcome,
@@ -167,9 +168,9 @@ def _score(
     return metrics, report(version, metrics, samples)
 
 
-async def audit(data_dir: Path, actor: str, action: str, **detail: Any) -> None:
+async def audit(data_dir: Path, actor: str, action: str, target: str | None = None, **detail: Any) -> None:
     store = await Store.open(database_path(data_dir))
     try:
-        await store.audit(actor, action, **detail)
+        await store.audit(actor, action, target=target, **detail)
     finally:
         await store.close()

@@ -10,10 +10,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from prometheus_client import Gauge
+
 from bot.models.registry import Registry
 from bot.models.runtime import ChatModel, GenerationSettings, load_model
 
 log = logging.getLogger(__name__)
+WAITING = Gauge("bot_model_queue", "Answers waiting for a free model slot")
 
 
 class ModelUnavailable(Exception):
@@ -114,7 +117,8 @@ class ModelPool:
             raise ModelBusy(f"{self._in_flight} answers are generating or waiting already")
         self._in_flight += 1
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=self.timeout_s)
+            with WAITING.track_inprogress():
+                await asyncio.wait_for(self._slots.acquire(), timeout=self.timeout_s)
         except asyncio.TimeoutError:
             self._in_flight -= 1
             raise ModelBusy(f"no model slot free within {self.timeout_s} s") from None
