@@ -23,5 +23,18 @@ async def chat(service: ChannelService) -> None:
         except EOFError:
             print()
             return
-        reply = await service.handle(UserMessage(CHANNEL, conversation, user, uuid.uuid4().hex, text))
-        print(f"bot> {reply.text}" if reply.outcome != "with_agent" else "(an agent has this conversation; no answer)")
+        shown = ""
+
+        async def partial(text: str) -> None:  # the answer as it is generated
+            nonlocal shown
+            if text.startswith(shown):
+                print(("bot> " if not shown else "") + text[len(shown) :], end="", flush=True)
+                shown = text
+
+        reply = await service.handle(UserMessage(CHANNEL, conversation, user, uuid.uuid4().hex, text), partial)
+        if reply.outcome == "with_agent":
+            print("(an agent has this conversation; no answer)")
+        elif shown and reply.text.startswith(shown):
+            print(reply.text[len(shown) :])
+        else:  # nothing streamed, or the final reply replaces it (a fallback, a blocked answer)
+            print(("\n" if shown else "") + f"bot> {reply.text}")

@@ -23,11 +23,21 @@ from typing import Any, Literal, Protocol, TypeVar
 from aiohttp import hdrs, web
 from aiohttp.typedefs import LooseHeaders
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from bot.feedback import Caller, NotAllowed, Role, UnknownTurn
-from bot.message import UserMessage
+from bot.message import BotReply, UserMessage
 from bot.server import MAX_REQUEST_BYTES
 from bot.service import ChannelService
 
@@ -95,6 +105,11 @@ class ChatRequest(Request):
     text: StrictStr = Field(description="the customer's message, at most BOT_MAX_MESSAGE_CHARS characters")
     message_id: StrictStr | None = Field(
         None, min_length=1, max_length=200, description="makes a retry idempotent: the same answer again"
+    )
+    stream: StrictBool = Field(
+        False,
+        description="answer as server-sent events: `partial` events with the text so far (filtered), then one"
+        " `answer` event with the reply; closing the connection stops generation",
     )
 
 
@@ -277,6 +292,7 @@ class Route:
     errors: dict[int, str] = field(default_factory=dict)  # beyond those every route of its kind may answer
     # "token": a bearer token is needed; "open"; "loopback": open to loopback peers, else a token.
     access: Literal["token", "open", "loopback"] = "token"
+    streams: bool = False  # the 200 reply may also be server-sent events (asked for in the body)
 
 
 NOT_ADMIN = {403: "the caller is not an admin"}
@@ -286,7 +302,8 @@ UNKNOWN_VERSION = {404: "no such registered model version"}
 # fmt: off
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/chat", "chat", "Answer a customer's message", reply=ChatReply, body=ChatRequest,
-          errors={400: "the body is not JSON, or the text is empty", 413: "the text (or the body) is too long"}),
+          errors={400: "the body is not JSON, or the text is empty", 413: "the text (or the body) is too long"},
+          streams=True),
     Route("POST", "/feedback", "feedback", "Rate or correct an answer; the rater is the token's owner",
           reply=FeedbackReply, body=FeedbackRequest,
           errors={403: "a correction by a caller who is not an agent", 404: "no such answer (or another caller's)"}),
@@ -325,6 +342,12 @@ TAKES_JSON = {
     422: "a field is missing, unknown, of the wrong type or out of range",
 }
 REF = "#/components/schemas/{model}"
+# One server-sent event of a streamed /chat: `partial` {"text"} while the answer grows, then `answer` (ChatReply).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"enum": ["partial", "answer"]}, "data": {"type": "string", "description": "JSON"}},
+    "required": ["event", "data"],
+}
 DESCRIPTION = (
     "Every route but /healthz and /openapi.json needs `Authorization: Bearer <token>` (BOT_API_TOKEN or a"
     ' BOT_API_KEYS token); /metrics is also open to loopback peers. Every error is JSON: {"error": "..."}.'
@@ -344,7 +367,8 @@ def openapi_document() -> dict[str, Any]:
         errors = ALWAYS | (NEEDS_TOKEN if route.access != "open" else {}) | (TAKES_JSON if route.body else {})
         if route.query:
             errors[422] = TAKES_JSON[422]
-        responses = {"200": {"description": "OK", "content": _content(route.reply, refs)}}
+        content = _content(route.reply, refs) | ({"text/event-stream": {"schema": SSE_EVENT}} if route.streams else {})
+        responses = {"200": {"description": "OK", "content": content}}
         responses |= {
             str(status): {"description": text, "content": _content(ErrorReply, refs)}
             for status, text in sorted((errors | route.errors).items())
@@ -403,6 +427,21 @@ def _error(status: int, message: str, headers: LooseHeaders | None = None) -> we
 
 def _ok(data: Any) -> web.Response:
     return web.json_response(dumps=dumps, data=data)
+
+
+def _chat_reply(reply: BotReply) -> dict[str, Any]:
+    return {
+        "answer": reply.text,
+        "turn_id": reply.turn_id,
+        "cached": reply.cached,
+        "model_version": reply.model_version,
+        "outcome": reply.outcome,
+    }
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event (JSON has no raw line breaks, so one data line)."""
+    return f"event: {name}\ndata: {dumps(data)}\n\n".encode()
 
 
 @web.middleware
@@ -480,7 +519,7 @@ def _from_loopback(request: web.Request) -> bool:
         return False
 
 
-Handler = Callable[[web.Request, Caller], Awaitable[web.Response]]
+Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
 
 
 class HttpChannel:
@@ -525,8 +564,8 @@ class HttpChannel:
             )
         return caller
 
-    def _authenticated(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def route(request: web.Request) -> web.Response:
+    def _authenticated(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def route(request: web.Request) -> web.StreamResponse:
             caller = await self.caller(request)
             if isinstance(caller, web.Response):
                 return caller
@@ -540,7 +579,7 @@ class HttpChannel:
 
     # --- chat and feedback ------------------------------------------------------------------------------
 
-    async def chat(self, request: web.Request, caller: Caller) -> web.Response:
+    async def chat(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         parsed = await _parse(request, ChatRequest)
         if isinstance(parsed, web.Response):
             return parsed
@@ -556,16 +595,25 @@ class HttpChannel:
             message_id=scope + (parsed.message_id or uuid.uuid4().hex),
             text=parsed.text,
         )
-        reply = await self.service.handle(message)
-        return _ok(
-            {
-                "answer": reply.text,
-                "turn_id": reply.turn_id,
-                "cached": reply.cached,
-                "model_version": reply.model_version,
-                "outcome": reply.outcome,
-            }
-        )
+        if parsed.stream:
+            return await self._chat_stream(request, message)
+        return _ok(_chat_reply(await self.service.handle(message)))
+
+    async def _chat_stream(self, request: web.Request, message: UserMessage) -> web.StreamResponse:
+        """Server-sent events: `partial` {"text"} while the answer grows, then `answer` (the /chat reply)."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+
+        async def partial(text: str) -> None:  # raises once the client is gone: generation then stops
+            await response.write(_event("partial", {"text": text}))
+
+        reply = await self.service.handle(message, partial)
+        try:
+            await response.write(_event("answer", _chat_reply(reply)))
+            await response.write_eof()
+        except ConnectionError:
+            log.info("http: %s left before the answer", message.conversation_id)
+        return response
 
     async def feedback(self, request: web.Request, caller: Caller) -> web.Response:
         parsed = await _parse(request, FeedbackRequest)

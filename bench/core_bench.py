@@ -494,7 +494,7 @@ def starter_runtimes(data_dir: Path, reps: int, work: Path) -> tuple[Any, torch.
     """Section 4a; also times the starter's INT8 export, so section 5 can say how INT8 does on trained weights."""
     from transformers import AutoTokenizer
 
-    from tuning.export import quantize
+    from bench.ort_quantize import quantize
 
     print("## 4a. ONNX Runtime vs PyTorch eager: the starter model\n")
     print(load_note() + "\n")
@@ -589,7 +589,7 @@ def build_100m(tokenizer: Any, work: Path) -> tuple[Path, Path, int, float]:
 
 def qwen_100m(tokenizer: Any, ids: torch.Tensor, work: Path, reps: int, starter_note: str) -> None:
     """Sections 4b and 5 in one interleaved race: PyTorch, ORT fp32, INT8 and INT4, each on 2 and 1 threads."""
-    from tuning.export import quantize
+    from bench.ort_quantize import quantize
 
     hf_dir, onnx_dir, params, export_s = build_100m(tokenizer, work)
     folders: dict[str, tuple[Path, float]] = {"fp32": (onnx_dir, export_s)}
@@ -637,7 +637,7 @@ def qwen_100m(tokenizer: Any, ids: torch.Tensor, work: Path, reps: int, starter_
 
     print("## 5. INT8 / INT4 vs fp32 ONNX (~100M)\n")
     print(
-        "Same run as 4b. `tuning.export.quantize`: INT8 = dynamic, weight MatMuls only, per-channel; "
+        "Same run as 4b. `bench.ort_quantize.quantize`: INT8 = dynamic, weight MatMuls only, per-channel; "
         "INT4 = weight-only MatMulNBits, block 32, symmetric. Baseline: ONNX fp32 at the same thread count.\n"
     )
     speed_table(seconds, {k: labels[k] for k in ("fp32", "int8", "int4")}, "fp32")

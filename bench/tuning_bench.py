@@ -17,7 +17,7 @@ same encode/shuffle as tuning.train.train.
 Qwen (`../shared/tools/get-pretrained-qwen`, Qwen2.5-Coder-0.5B-Instruct Q4_K_M): stages call the
 project's functions in child processes of this script (`--worker ...`): tuning.train.fine_tune
 (LoRA, the `pretrained` preset with steps, batch_size=4, max_len=128, on the shipped sample data's train split),
-bot.models.export.export_onnx, tuning.export.quantize(..., "int8"), and bot.models.runtime.ChatModel answering
+bot.models.export.export_onnx, bench.ort_quantize.quantize(..., "int8"), and bot.models.runtime.ChatModel answering
 "我的订单什么时候到?" with the bot's system prompt, 64 greedy tokens, fp32 ONNX and INT8.
 `tuning run --base GGUF` itself is not timed: it would also evaluate 200 eval rows with the 0.5B
 candidate and the production model on CPU, which takes far longer than the rest together.
@@ -414,7 +414,7 @@ def worker_qwen_export(model_dir: Path, out: Path) -> dict[str, Any]:
 
 
 def worker_qwen_quantize(onnx_dir: Path, out: Path) -> dict[str, Any]:
-    from tuning.export import quantize
+    from bench.ort_quantize import quantize
 
     t = time.perf_counter()
     quantize(onnx_dir, out, "int8")

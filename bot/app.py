@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -66,7 +67,16 @@ async def build_bot(settings: BotSettings) -> Bot:
         settings.model_queue,
         external_model=settings.model,
     )
-    await asyncio.get_running_loop().run_in_executor(None, models.load)
+    loop, began = asyncio.get_running_loop(), time.perf_counter()
+    await loop.run_in_executor(None, models.load)
+    loaded = time.perf_counter() - began
+    await loop.run_in_executor(None, models.warm_up, settings.system_prompt)
+    log.info(
+        "model %s loaded in %.1f s; warm-up answer in %.2f s",
+        models.version_of("current"),
+        loaded,
+        time.perf_counter() - began - loaded,
+    )
     cache = AnswerCache(settings.cache_size, settings.cache_ttl_s)
     limits = UserLimits(
         settings.user_rate_limit,

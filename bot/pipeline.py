@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import sqlite3
+import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -42,6 +44,11 @@ MASKED = Counter("bot_masked", "Personal data masked in customers' messages", ["
 FILTERED = Counter("bot_filtered", "Messages the word filter acted on", ["direction", "category", "action"])
 STEP_SECONDS = Histogram("bot_step_seconds", "Time spent in each pipeline step", ["step"], buckets=BUCKETS)
 RESET_COMMANDS = {"/reset", "reset"}
+# Where a streamed answer may pause: after a clause (CJK punctuation, Latin punctuation before a space, a
+# line break). The filter's words and maskable personal data never contain one of these.
+CLAUSE_END = re.compile(r"[。！？；，、：…\n]|[.!?;,:](?=\s)")
+# Shows a customer the text of a streamed answer so far (a channel's callback).
+Stream = Callable[[str], Awaitable[None]]
 TEMPLATE_TOKENS = 5  # ChatML around one message: <|im_start|> role \n ... <|im_end|> \n
 
 
@@ -90,11 +97,14 @@ class WorkingTurn:
     answer: str | None = None
     # answered | blocked | fallback | busy | too_long | empty | reset | rate_limited | cooling_down
     # | handed_off (asked for a person) | with_agent (agents have the conversation: the bot is silent)
+    # | cancelled (the customer left while the answer streamed)
     outcome: str = "answered"
     cached: bool = False
     duplicate: bool = False
     done: bool = False
     turn_id: int | None = None
+    stream: Stream | None = None
+    cancelled: bool = False
 
     @property
     def settled(self) -> bool:
@@ -289,7 +299,10 @@ class GenerateAnswer(Step):
         model = turn.model
         assert model is not None  # build_context picked it
         try:
-            answer = await self.deps.models.generate(model, turn.prompt)
+            if turn.stream is None:
+                answer = await self.deps.models.generate(model, turn.prompt)
+            else:
+                answer = await self._streamed(turn, model, turn.stream)
         except ModelBusy as busy:
             log.warning("model busy on %s: %s", turn.message.message_id, busy)
             turn.canned(Replies.BUSY, "busy")
@@ -303,9 +316,50 @@ class GenerateAnswer(Step):
         if not answer:
             turn.canned(Replies.FALLBACK, "fallback")
             return
+        if turn.cancelled:  # the customer left mid-stream: kept (filtered) as what was said, never cached
+            turn.settle(answer, "cancelled")
+            return
         turn.settle(answer, "answered")
         if turn.context_free:
             self.deps.cache.put(turn.text, model.version, answer)
+
+    async def _streamed(self, turn: WorkingTurn, model: ChatModel, stream: Stream) -> str:
+        """Generate while the customer is shown every completed clause, filtered as the whole answer will
+        be (OutputFilter). Lexicon words and personal data never contain a clause end, so a shown text is
+        never half of one. A clause the filter blocks stops generation (the answer then becomes the blocked
+        reply); a stream that fails (the customer left) stops it too, and the turn is stored cancelled."""
+        loop = asyncio.get_running_loop()
+        texts: asyncio.Queue[str | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def on_text(text: str) -> bool:  # in the model's thread
+            loop.call_soon_threadsafe(texts.put_nowait, text)
+            return not stop.is_set()
+
+        job = asyncio.ensure_future(self.deps.models.generate(model, turn.prompt, on_text))
+        job.add_done_callback(lambda _: texts.put_nowait(None))
+        shown, finished = 0, False  # characters of the raw answer shown so far
+        while not finished:
+            batch = [await texts.get()]
+            while not texts.empty():  # a slow channel skips to the newest text
+                batch.append(texts.get_nowait())
+            finished = None in batch
+            text = next((t for t in reversed(batch) if t is not None), "")
+            cut = max((m.end() for m in CLAUSE_END.finditer(text)), default=0)
+            if stop.is_set() or cut <= shown:
+                continue
+            verdict = self.deps.words.check(text[:cut])
+            if verdict.blocked:
+                stop.set()
+                continue
+            try:
+                await stream(verdict.text.strip())
+                shown = cut
+            except Exception as exc:  # whatever the channel raises, nobody is reading any more
+                log.info("stream of %s stopped: %s", turn.message.message_id, exc)
+                stop.set()
+                turn.cancelled = True
+        return await job
 
 
 class OutputFilter(Step):
@@ -314,7 +368,7 @@ class OutputFilter(Step):
     name = "output_filter"
 
     async def __call__(self, turn: WorkingTurn) -> None:
-        if turn.outcome != "answered" or turn.answer is None:
+        if turn.outcome not in ("answered", "cancelled") or turn.answer is None:
             return
         verdict = self.deps.words.check(turn.answer)
         if verdict.blocked:
@@ -408,8 +462,10 @@ class DialogueManager:
         self.steps: list[Step] = [cls(deps) for cls in STEPS]
         self.observers: list[StepObserver] = [record_step_metrics, *(observers or [])]
 
-    async def handle(self, message: UserMessage) -> BotReply:
-        turn = WorkingTurn(message, message.text)
+    async def handle(self, message: UserMessage, stream: Stream | None = None) -> BotReply:
+        """The reply to `message`. With `stream`, a model answer is also shown as it is generated: the
+        stream gets the customer-visible text so far; the reply's text is final and replaces it."""
+        turn = WorkingTurn(message, message.text, stream=stream)
         for step in self.steps:
             if step.makes_answer and turn.settled:
                 continue

@@ -17,6 +17,7 @@ from bot.feedback import Role
 from bot.handoff import HANDED_OFF, Deliver
 from bot.message import BotReply, UserMessage, pick_language, strip_control_tokens
 from bot.models.registry import Registry
+from bot.pipeline import Stream
 from bot.privacy import mask_personal_data
 from bot.store import StoredTurn
 
@@ -47,8 +48,9 @@ class ChannelService:
 
     # --- messages and feedback ----------------------------------------------------------------------
 
-    async def handle(self, message: UserMessage) -> BotReply:
-        return await self._bot.dialogue.handle(message)
+    async def handle(self, message: UserMessage, stream: Stream | None = None) -> BotReply:
+        """The reply; with `stream`, a model answer is shown as it grows (DialogueManager.handle)."""
+        return await self._bot.dialogue.handle(message, stream)
 
     async def rate(self, turn_id: int, user_id: str, rating: int | None, in_agent_chat: bool = False) -> Rated:
         """Record (None: retract) a user's rating of an answer: the role it counted with, and whether it

@@ -16,6 +16,7 @@ from bot import admin
 from bot.audit import cli_actor
 from bot.config import BotSettings, load_settings
 from bot.models.chat import with_system
+from bot.models.export import PRECISIONS
 from bot.models.registry import HF_DIR, Registry, RegistryError, State
 from bot.store import Store, database_path
 from tuning.config import PRESETS, TuneConfig, preset
@@ -44,10 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     _training_args(t)
 
-    x = sub.add_parser("export", help="merged model folder -> ONNX (optionally quantised)")
+    x = sub.add_parser("export", help="merged model folder -> onnxruntime-genai build (fp32 or INT4)")
     x.add_argument("--model", type=Path, required=True)
     x.add_argument("--out", type=Path, required=True)
-    x.add_argument("--quantize", choices=["int8", "int4"])
+    x.add_argument("--precision", choices=PRECISIONS, help="default: int4 for pretrained-size models, else fp32")
 
     e = sub.add_parser("eval", help="accuracy, BLEU-4, ROUGE-L and latency of a model on a data file")
     e.add_argument("--model", default="current", help="current, candidate, a version or an ONNX folder")
@@ -69,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data", type=Path, nargs="*", default=[], help="extra data files to mix in")
     r.add_argument("--ab", type=float, help="A/B test the result on this share of users instead of promoting")
     _training_args(r)
-    r.add_argument("--quantize", choices=["int8", "int4"])
+    r.add_argument("--precision", choices=PRECISIONS, help="of the served build (default: by model size)")
     r.add_argument("--max-accuracy-drop", type=float)
     r.add_argument("--max-bleu-drop", type=float)
     r.add_argument("--max-p99", type=float, dest="max_p99_s", help="seconds")
@@ -155,23 +156,19 @@ def cmd_train(args: argparse.Namespace, settings: BotSettings, registry: Registr
 
 def cmd_export(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     from bot.models.export import export_onnx
-    from tuning import export
 
-    out = export_onnx(args.model, args.out if not args.quantize else args.out.with_name(args.out.name + "-fp32"))
-    if args.quantize:
-        out = export.quantize(out, args.out, args.quantize)
-    _print({"onnx": str(out)})
+    _print({"onnx": str(export_onnx(args.model, args.out, args.precision))})
     return 0
 
 
 def cmd_eval(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    from bot.models.export import ONNX_FILE
+    from bot.models.export import GENAI_CONFIG
     from bot.models.runtime import ChatModel, GenerationSettings
     from tuning.evaluate import evaluate, report
     from tuning.formats import read_chats
 
     folder = Path(args.model)
-    if (folder / ONNX_FILE).exists():
+    if (folder / GENAI_CONFIG).exists():
         name = folder.name
     else:
         name = registry.resolve(args.model)

@@ -41,7 +41,7 @@ class TuneConfig:
     max_bleu_drop: float = 0.02
     max_p99_s: float = 1.5  # P99 answer latency, seconds
     # --- export
-    quantize: str | None = None  # None, "int8" or "int4"
+    precision: str | None = None  # the served build: "fp32", "int4", or None (int4 from pretrained size up)
 
 
 MONTHLY = TuneConfig()  # continue the production model: fewer steps and a lower lr than `scratch`

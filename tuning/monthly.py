@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from bot.models.export import export_onnx
 from bot.models.registry import HF_DIR, ONNX_DIR, Registry
 from bot.models.runtime import ChatModel, GenerationSettings
 from bot.store import Store, database_path
-from tuning import dataset, export
+from tuning import dataset
 from tuning.config import MONTHLY, TuneConfig
 from tuning.evaluate import evaluate, report
 from tuning.gate import Gate, Metrics
@@ -104,12 +103,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    onnx_dir = export_onnx(scratch / HF_DIR, scratch / ONNX_DIR)
-    if cfg.quantize:
-        fp32 = scratch / "onnx-fp32"
-        onnx_dir.rename(fp32)
-        export.quantize(fp32, scratch / ONNX_DIR, cfg.quantize)
-        shutil.rmtree(fp32)
+    export_onnx(scratch / HF_DIR, scratch / ONNX_DIR, cfg.precision)
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

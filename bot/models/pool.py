@@ -12,8 +12,10 @@ from pathlib import Path
 
 from prometheus_client import Gauge
 
+from bot.models.chat import with_system
+from bot.models.export import GENAI_CONFIG, ensure_onnx
 from bot.models.registry import Registry
-from bot.models.runtime import ChatModel, GenerationSettings, load_model
+from bot.models.runtime import ChatModel, GenerationSettings, OnText, load_model
 
 log = logging.getLogger(__name__)
 WAITING = Gauge("bot_model_queue", "Answers waiting for a free model slot")
@@ -81,10 +83,20 @@ class ModelPool:
             f", candidate {state.candidate} for {self.ab_share:.0%} of users" if self.candidate else "",
         )
 
+    def warm_up(self, system_prompt: str) -> None:
+        """One short answer from each loaded model, so the first customer does not pay for the runtime's
+        first-run allocations; blocking, for start-up."""
+        for model in (self.current, self.candidate):
+            if model is not None:
+                model.generate(with_system(system_prompt, [{"role": "user", "content": "hello"}]))
+
     def _load_version(self, version: str, loaded: ChatModel | None) -> ChatModel:
         if loaded and loaded.version == version:
             return loaded
-        return ChatModel(version, self.registry.onnx_dir(version), self.settings)
+        folder = self.registry.onnx_dir(version)
+        if not (folder / GENAI_CONFIG).exists():  # built for the previous runtime: rebuilt from its weights once
+            folder = ensure_onnx(str(self.registry.hf_dir(version)), self.cache_root)
+        return ChatModel(version, folder, self.settings)
 
     async def refresh(self) -> bool:
         """Reload if the registry changed since the last look; True when something changed."""
@@ -111,8 +123,9 @@ class ModelPool:
                 return "candidate", self.candidate
         return "current", self.current
 
-    async def generate(self, model: ChatModel, messages: list[dict[str, str]]) -> str:
-        """The answer; ModelBusy when the queue is full or the wait too long, TimeoutError past the deadline."""
+    async def generate(self, model: ChatModel, messages: list[dict[str, str]], on_text: OnText | None = None) -> str:
+        """The answer; ModelBusy when the queue is full or the wait too long, TimeoutError past the deadline.
+        `on_text` (called from the model's thread) sees the answer as it grows (ChatModel.generate)."""
         if self._in_flight >= self._capacity:
             raise ModelBusy(f"{self._in_flight} answers are generating or waiting already")
         self._in_flight += 1
@@ -125,7 +138,9 @@ class ModelPool:
         try:
             began = time.perf_counter()
             # max_time makes generate itself stop near the deadline, so a slow answer frees its thread.
-            job = asyncio.get_running_loop().run_in_executor(self._executor, model.generate, messages, self.timeout_s)
+            job = asyncio.get_running_loop().run_in_executor(
+                self._executor, model.generate, messages, self.timeout_s, on_text
+            )
             answer = await asyncio.wait_for(job, timeout=self.timeout_s + 1.0)
             if time.perf_counter() - began > self.timeout_s:
                 raise asyncio.TimeoutError
@@ -136,3 +151,4 @@ class ModelPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.current = self.candidate = None  # onnxruntime-genai frees a model when its last reference goes

@@ -1,5 +1,5 @@
-"""Export stage: optional quantisation of an exported ONNX folder (the export itself is the model
-layer's, `bot.models.export`, which the bot also uses on first load)."""
+"""The previous served path's quantisation (optimum's ONNX export + onnxruntime's quantisers), kept
+for the benchmarks that compare it with the onnxruntime-genai builds the bot now serves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import onnx
 
-from bot.models.export import ONNX_FILE, copy_side_files
+from bot.models.export import copy_side_files
+
+ONNX_FILE = "model.onnx"
 
 
 def quantize(onnx_dir: Path, out_dir: Path, mode: str) -> Path:
