@@ -12,6 +12,8 @@
   reaction on any part rates it), and an answer already in the chat is never sent again on replay.
 - **Agents.** Answers are mirrored to the agents' room; reactions become ratings; a fix command
   becomes a correction.
+- **Streaming.** Where the platform can edit messages (`edit`), an answer is posted at its first
+  clause and edited as it grows; the final reply replaces it (a fallback or blocked reply included).
 - **Hand-off.** A conversation handed to a person is announced in the agents' room with its transcript,
   the customer's later messages are shown there, and an agent's reply to any of them is relayed to the
   customer; a release command gives it back to the bot (bot/handoff.py decides, this only carries).
@@ -40,6 +42,7 @@ MAX_ATTEMPTS = 5
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # backoff doubles from the first delay up to the cap
 STOP_GRACE_S = 5.0
 REJECTIONS_LOGGED_EVERY_S = 60.0
+STREAM_EDIT_EVERY_S = 1.0  # a streamed answer's message is edited at most this often (flood limits)
 KEEP_DONE = timedelta(days=7)  # finished events are kept (without payload) this long, to spot redeliveries
 SENTENCE_END = re.compile(r"[。！？；!?;…]|[.!?;](?=\s)")
 
@@ -121,6 +124,43 @@ def _boundary(window: str) -> int:
     return next((cut for cut in (line, sentence, space) if cut > half), len(window))
 
 
+class StreamedMessage:
+    """One answer shown as it is generated: posted with its first text, edited at most every
+    STREAM_EDIT_EVERY_S, and given its final text (split at the limit, every part linked to the turn)."""
+
+    def __init__(self, channel: ChatChannel, place: Place) -> None:
+        self.channel, self.place = channel, place
+        self.message_id: str | None = None
+        self.text = ""
+        self._edited_at = 0.0
+
+    async def show(self, text: str) -> None:
+        rendered = self.channel.render(text)
+        now = time.monotonic()
+        if len(rendered) > self.channel.text_limit or (self.message_id and now - self._edited_at < STREAM_EDIT_EVERY_S):
+            return  # too long for one message (the final reply splits it), or too soon
+        try:
+            if self.message_id is None:
+                self.message_id = await self.channel.post(self.place, rendered, first=True)
+            else:
+                await self.channel.edit(self.place, self.message_id, rendered)
+        except Exception as exc:  # a courtesy: the final reply still goes out
+            log.info("%s: could not show a streamed answer: %s", self.channel.name, exc)
+            return
+        self.text, self._edited_at = rendered, now
+
+    async def finish(self, text: str, turn_id: int | None) -> None:
+        assert self.message_id is not None
+        first, *rest = split_text(text, self.channel.text_limit) or [text]
+        if first != self.text:
+            await self.channel.edit(self.place, self.message_id, first)
+        sent = [self.message_id] + [await self.channel.post(self.place, part, first=False) for part in rest]
+        if turn_id is not None:
+            for message_id in sent:
+                await self.channel.service.link_answer(self.place.chat_id, message_id, turn_id)
+            await self.channel.answer_shown(self.place, sent[-1], rest[-1] if rest else first)
+
+
 class ChatChannel(ABC):
     """A chat platform. Subclasses name it, set its message size, send one part, and turn platform
     events into calls of `answer`, `rate_reaction`, `withdraw_reaction` and `fix`."""
@@ -164,6 +204,15 @@ class ChatChannel(ABC):
     def render(self, text: str) -> str:
         """The bot's plain text as the platform's message text (e.g. with its markup escaped)."""
         return text
+
+    async def edit(self, place: Place, message_id: str, text: str) -> None:
+        """Replace the text of a message the bot sent; a platform that can do it streams answers."""
+        raise NotImplementedError
+
+    def streamer(self, place: Place) -> StreamedMessage | None:
+        """How an answer to `place` is shown while it is generated: posted and edited where the platform
+        can edit messages. A streamer that never posts (message_id None) leaves the final reply to `send`."""
+        return StreamedMessage(self, place) if type(self).edit is not ChatChannel.edit else None
 
     def conversation_of(self, payload: dict[str, Any]) -> str | None:
         """The conversation an event belongs to: its events are handled one at a time, in order."""
@@ -285,8 +334,11 @@ class ChatChannel(ABC):
         """The bot's answer to `message` from `who` (as agents see them), sent to `place` unless a replay
         finds it sent already; with `mirror` (a customer in a private chat), mirrored to the agents' room
         too. A hand-off, and every message while agents have the conversation, is shown to the agents."""
-        reply = await self.service.handle(message)
-        if reply.text and not await self._already_sent(reply, place.chat_id):
+        streamed = self.streamer(place)
+        reply = await self.service.handle(message, streamed.show if streamed else None)
+        if streamed and streamed.message_id:
+            await streamed.finish(self.render(reply.text), reply.turn_id)
+        elif reply.text and not await self._already_sent(reply, place.chat_id):
             await self.send(place, self.render(reply.text), reply.turn_id)
         room, turn_id = self.agents_room, reply.turn_id
         if room and turn_id is not None and not await self._already_sent(reply, room.chat_id):
@@ -302,12 +354,19 @@ class ChatChannel(ABC):
     async def send(self, place: Place, text: str, turn_id: int | None = None) -> list[str]:
         """Send `text` split at the platform's limit, linking every part to the answer `turn_id`."""
         sent: list[str] = []
-        for part in split_text(text, self.text_limit):
+        parts = split_text(text, self.text_limit)
+        for part in parts:
             message_id = await self.post(place, part, first=not sent)
             sent.append(message_id)
             if turn_id is not None:
                 await self.service.link_answer(place.chat_id, message_id, turn_id)
+        if turn_id is not None and sent:
+            await self.answer_shown(place, sent[-1], parts[-1])
         return sent
+
+    async def answer_shown(self, place: Place, message_id: str, text: str) -> None:  # noqa: B027 (optional)
+        """An answer's last part (`text`, rendered) is in the chat, linked to its turn: where the platform
+        has rating controls, they go on it here."""
 
     async def _already_sent(self, reply: BotReply, chat_id: str) -> bool:
         """Only a redelivered message can find its answer in the chat already."""

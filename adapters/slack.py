@@ -22,6 +22,14 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.models.blocks import (
+    Block,
+    ContextActionsBlock,
+    FeedbackButtonObject,
+    FeedbackButtonsElement,
+    MarkdownTextObject,
+    SectionBlock,
+)
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -51,6 +59,8 @@ REPLAY_FIELDS = (
     "item",
 )
 FIX = re.compile(r"!fix\b\s*(.*)", re.DOTALL)
+RATE_ACTION = "rate_answer"  # the action_id of the feedback buttons under every answer
+SECTION_LIMIT = 3000  # a section block's text; longer answer parts go without buttons (reactions still rate)
 RELEASE = re.compile(r"!release\b")
 ROLE = re.compile(r"!role\b\s*(.*)", re.DOTALL)
 
@@ -71,6 +81,36 @@ def replay_fields(event: dict[str, Any]) -> dict[str, Any]:
     if isinstance(kept.get("item"), dict):
         kept["item"] = {k: kept["item"].get(k) for k in ("type", "channel", "ts")}
     return kept
+
+
+def rating_blocks(text: str) -> list[Block]:
+    """The answer's text and Block Kit feedback buttons under it (values are the ratings)."""
+    buttons = FeedbackButtonsElement(
+        action_id=RATE_ACTION,
+        positive_button=FeedbackButtonObject(
+            text="Good answer", accessibility_label="Rate this answer good", value="1"
+        ),
+        negative_button=FeedbackButtonObject(text="Bad answer", accessibility_label="Rate this answer bad", value="-1"),
+    )
+    return [SectionBlock(text=MarkdownTextObject(text=text)), ContextActionsBlock(elements=[buttons])]
+
+
+def feedback_clicks(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The feedback-button clicks of a block_actions payload, as (inbox key, event) like a reaction's."""
+    user = (body.get("user") or {}).get("id")
+    container = body.get("container") or {}
+    clicks = []
+    for action in body.get("actions") or []:
+        if isinstance(action, dict) and action.get("action_id") == RATE_ACTION and action.get("value") in ("1", "-1"):
+            event = {
+                "type": "feedback_button",
+                "user": user,
+                "rating": int(action["value"]),
+                "item": {"type": "message", "channel": container.get("channel_id"), "ts": container.get("message_ts")},
+            }
+            if user and container.get("channel_id") and container.get("message_ts"):
+                clicks.append((f"action:{action.get('action_ts')}:{user}", event))
+    return clicks
 
 
 class SlackChannel(ChatChannel):
@@ -141,7 +181,10 @@ class SlackChannel(ChatChannel):
         event = event if isinstance(event, dict) else {}
         kind = event.get("type")
         key = body.get("event_id")
-        if body.get("type") != "event_callback" or kind not in HANDLED_EVENTS or not isinstance(key, str):
+        if body.get("type") == "block_actions":
+            for key, click in feedback_clicks(body):
+                await self.receive(key, {"event": click})
+        elif body.get("type") != "event_callback" or kind not in HANDLED_EVENTS or not isinstance(key, str):
             log.info("slack: ignored a request of type %s (event type %s)", body.get("type"), kind)
         else:
             await self.receive(key, {"event": replay_fields(event)})
@@ -150,7 +193,7 @@ class SlackChannel(ChatChannel):
     def conversation_of(self, payload: dict[str, Any]) -> str | None:
         """A DM, or a thread (a mention starts one); a reaction goes with its message's channel."""
         event = payload["event"]
-        if event["type"] in ("reaction_added", "reaction_removed"):
+        if event["type"] in ("reaction_added", "reaction_removed", "feedback_button"):
             return str((event.get("item") or {}).get("channel"))
         thread = event.get("thread_ts") or (None if event.get("channel_type") == "im" else event.get("ts"))
         return f"{event.get('channel')}:{thread}" if thread else str(event.get("channel"))
@@ -166,6 +209,9 @@ class SlackChannel(ChatChannel):
         event = payload["event"]
         if event["type"] in ("reaction_added", "reaction_removed"):
             await self._on_reaction(event)
+        elif event["type"] == "feedback_button":  # a click is a rating exactly like a reaction
+            item = event["item"]
+            await self.rate_reaction(str(item["channel"]), str(item["ts"]), str(event["user"]), int(event["rating"]))
         else:
             await self._on_message(event, mentioned=event["type"] == "app_mention")
 
@@ -226,6 +272,18 @@ class SlackChannel(ChatChannel):
     async def post(self, place: Place, text: str, first: bool) -> str:
         posted = await self.client.chat_postMessage(channel=place.chat_id, text=text, thread_ts=place.thread)
         return str(posted["ts"])
+
+    async def edit(self, place: Place, message_id: str, text: str) -> None:
+        await self.client.chat_update(channel=place.chat_id, ts=message_id, text=text)
+
+    async def answer_shown(self, place: Place, message_id: str, text: str) -> None:
+        """Feedback buttons (👍/👎) under the answer's last part."""
+        if len(text) > SECTION_LIMIT:
+            return
+        try:
+            await self.client.chat_update(channel=place.chat_id, ts=message_id, text=text, blocks=rating_blocks(text))
+        except SlackApiError as exc:  # reactions still rate the answer
+            log.info("slack: could not add feedback buttons: %s", exc.response.get("error"))
 
     async def mirror_turn(self, turn: StoredTurn, who: str) -> None:
         """The DM question and answer in one message; agents rate it, or `!fix` it in its thread."""

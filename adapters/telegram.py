@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,7 +38,7 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.filters import Command, CommandObject, CommandStart
-from aiogram.methods import GetUpdates, SendMessage, TelegramMethod
+from aiogram.methods import EditMessageText, GetUpdates, SendMessage, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 from aiogram.types import Message, MessageReactionUpdated, ReactionTypeEmoji, ReplyParameters, Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
@@ -46,7 +48,7 @@ from aiolimiter import AsyncLimiter
 from cachetools import LRUCache
 from pydantic import ValidationError
 
-from adapters.base import ChatChannel, Place
+from adapters.base import ChatChannel, Place, StreamedMessage
 from bot.config import ConfigError, TelegramSettings
 from bot.message import UserMessage, pick_language
 from bot.service import ChannelService
@@ -78,6 +80,8 @@ WEBHOOK_PATH = "/telegram/webhook"  # when TELEGRAM_WEBHOOK_URL has no path of i
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 POLL_TIMEOUT_S = 25
 TYPING_EVERY_S = 4.5  # Telegram shows a chat action for 5 s
+DRAFT_EVERY_S = 0.3  # drafts animate between texts; more often than this shows nothing more
+_draft_ids = itertools.count(1)  # a draft id is any non-zero number, one per answer
 # Telegram's flood limits as aiolimiter buckets, (burst, seconds to refill it). A bucket lets `burst`
 # through at once, then refills evenly, so they are sized for no window to go over a limit: at most 20
 # messages in any minute per group (4 + 16), 30 in any second overall (5 + 25). A chat gets one a
@@ -180,7 +184,7 @@ class FloodControl(BaseRequestMiddleware):
     ) -> Response[TelegramType]:
         if method.__api_method__ == GetUpdates.__api_method__:  # the polling loop has its own retries
             return await make_request(bot, method)
-        if isinstance(method, SendMessage):
+        if isinstance(method, (SendMessage, EditMessageText)) and method.chat_id is not None:
             await self._chat(method.chat_id).acquire()
             await self.overall.acquire()
         backoff = Backoff(RETRY_BACKOFF)
@@ -200,6 +204,32 @@ class FloodControl(BaseRequestMiddleware):
                     backoff.next_delay,
                 )
                 await backoff.asleep()
+
+
+class DraftStream(StreamedMessage):
+    """A private chat's answer while it is generated: Telegram's message draft (sendMessageDraft), an
+    animated preview that the final message, sent as usual, replaces."""
+
+    def __init__(self, channel: TelegramChannel, place: Place) -> None:
+        super().__init__(channel, place)
+        self.tg = channel.tg
+        self.draft_id = next(_draft_ids)
+
+    async def show(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._edited_at < DRAFT_EVERY_S or len(text) > MAX_MESSAGE_CHARS:
+            return
+        try:
+            await self.tg.send_message_draft(
+                int(self.place.chat_id),
+                self.draft_id,
+                text=text,
+                message_thread_id=int(self.place.thread) if self.place.thread else None,
+            )
+        except TelegramAPIError as exc:  # a courtesy: the final message still goes out
+            log.info("Telegram draft failed: %s", exc.message)
+            return
+        self._edited_at = now
 
 
 class TelegramChannel(ChatChannel):
@@ -329,6 +359,13 @@ class TelegramChannel(ChatChannel):
             message_thread_id=int(place.thread) if place.thread else None,
         )
         return str(sent.message_id)
+
+    def streamer(self, place: Place) -> StreamedMessage | None:
+        """Private chats (positive ids) stream as drafts; groups post and edit (the base's way)."""
+        return DraftStream(self, place) if int(place.chat_id) > 0 else super().streamer(place)
+
+    async def edit(self, place: Place, message_id: str, text: str) -> None:
+        await self.tg.edit_message_text(text=text, chat_id=int(place.chat_id), message_id=int(message_id))
 
     async def mirror_turn(self, turn: StoredTurn, who: str) -> None:
         """The question, then the answer quoting it; a reaction or /fix on the answer rates the turn."""

@@ -400,7 +400,7 @@ def section_agree(folders: dict[str, Path], tokenizer: object, asked: list[str])
         del model
         gc.collect()
     torch.set_num_threads(2)
-    eager = AutoModelForCausalLM.from_pretrained(folders["hf"], torch_dtype=torch.float32).eval()
+    eager = AutoModelForCausalLM.from_pretrained(folders["hf"], dtype=torch.float32).eval()
     began = time.perf_counter()
     answers["torch"] = []
     with torch.inference_mode():

@@ -9,6 +9,7 @@ import json
 import logging
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -20,7 +21,7 @@ from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.base import split_text
-from adapters.slack import SlackChannel
+from adapters.slack import RATE_ACTION, SlackChannel
 from bot.__main__ import start
 from bot.config import SlackSettings
 from bot.handoff import HANDED_OFF
@@ -31,6 +32,7 @@ from tests.fakes.slack_api import BOT_USER, FakeSlackApi
 from tests.support import ORDER_A as ANSWER
 from tests.support import ORDER_Q as QUESTION
 from tests.support import make_settings
+from tests.test_telegram import STREAMED_A, STREAMED_Q
 from tuning import dataset
 
 TOKEN = "xoxb-test-bot-token"
@@ -86,12 +88,17 @@ class Slack:
         return f"1700000000.{next(self._ts):06d}"
 
     async def post(
-        self, body: str, age_s: float = 0, signature: str | None = None, retry: int | None = None
+        self,
+        body: str,
+        age_s: float = 0,
+        signature: str | None = None,
+        retry: int | None = None,
+        content_type: str = "application/json",
     ) -> tuple[int, str]:
         assert self.server
         timestamp = str(int(time.time() - age_s))
         headers = {
-            "Content-Type": "application/json",
+            "Content-Type": content_type,
             "X-Slack-Request-Timestamp": timestamp,
             "X-Slack-Signature": signature
             or SignatureVerifier(SECRET).generate_signature(timestamp=timestamp, body=body),
@@ -365,6 +372,49 @@ async def test_fix_by_an_agent_stores_a_correction(slack: Slack, api: FakeSlackA
     assert "only agents" in posts[2].text and posts[2].thread_ts == root
     assert len(await slack.store.corrections()) == 1
     assert len(await slack.store.turns()) == 1  # neither !fix was taken for a question
+
+
+async def test_an_answer_streams_into_one_post_that_ends_as_the_stored_answer(slack: Slack, api: FakeSlackApi) -> None:
+    ts = await slack.dm(STREAMED_Q)
+    [post] = await api.wait_for_posts(1)
+    await slack.settled()
+    [post] = api.posts  # as it is now, after its updates
+    texts = [text for updated, text in api.updates if updated == post.ts]
+    assert texts and texts[-1] == post.text == STREAMED_A and post.channel == DM
+    turn = await slack.store.turn_for_message("slack", f"{DM}:{ts}")
+    assert turn is not None and turn.answer == STREAMED_A
+    assert await slack.store.turn_for_answer_message("slack", DM, post.ts) == turn.id
+
+
+async def test_feedback_buttons_under_an_answer_rate_it_like_a_reaction(slack: Slack, api: FakeSlackApi) -> None:
+    ts = await slack.dm(QUESTION)
+    [post] = await api.wait_for_posts(1)
+    await slack.settled()
+    buttons = next(b for b in api.blocks[post.ts] if b["type"] == "context_actions")["elements"][0]
+    assert (buttons["type"], buttons["action_id"]) == ("feedback_buttons", RATE_ACTION)
+    assert (buttons["positive_button"]["value"], buttons["negative_button"]["value"]) == ("1", "-1")
+
+    async def click(user: str, value: str, action_ts: str) -> None:
+        payload = {
+            "type": "block_actions",
+            "team": {"id": "T1"},
+            "api_app_id": "A1",
+            "token": "legacy",
+            "user": {"id": user},
+            "container": {"type": "message", "message_ts": post.ts, "channel_id": DM},
+            "actions": [{"type": "feedback_buttons", "action_id": RATE_ACTION, "value": value, "action_ts": action_ts}],
+        }
+        form = "payload=" + urllib.parse.quote(json.dumps(payload))
+        assert (await slack.post(form, content_type="application/x-www-form-urlencoded"))[0] == 200
+
+    await click(CUSTOMER, "-1", "1700000100.1")
+    await click(CUSTOMER, "-1", "1700000100.1")  # Slack retried the same click: recorded once
+    await click(AGENT, "1", "1700000100.2")
+    await slack.settled()
+    turn = await slack.store.turn_for_message("slack", f"{DM}:{ts}")
+    assert turn is not None
+    ratings = {(r["rater"], r["role"], r["rating"]) for r in await slack.store.ratings(turn.id)}
+    assert ratings == {(f"slack:{CUSTOMER}", "customer", -1), (f"slack:{AGENT}", "agent", 1)}
 
 
 async def test_agent_channel_mirror_can_be_rated_and_fixed(mirrored: Slack, api: FakeSlackApi) -> None:

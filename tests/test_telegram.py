@@ -32,6 +32,12 @@ from tests.support import ORDER_Q as QUESTION
 from tests.support import ROOT, free_port, make_settings
 from tuning import dataset
 
+# A sample question whose answer has clause ends, so it streams (tests/test_streaming.py).
+STREAMED_Q = "What payment methods do you accept?"
+STREAMED_A = (
+    "We accept Alipay, WeChat Pay, UnionPay cards and Visa or Mastercard credit cards. "
+    "Cash on delivery is not available."
+)
 AGENT = 42  # listed in AGENT_IDS
 CUSTOMER = 1001
 GROUP = -100200
@@ -321,6 +327,36 @@ async def test_handoff_to_an_agent_and_back(data_dir: Path, fake: FakeTelegram) 
         assert (await ask(fake, CUSTOMER, QUESTION)).text == ANSWER
         stored = [t for t in await server.bot.store.turns() if t.outcome == "agent"]
         assert [(t.user_text, t.answer) for t in stored] == [("我的包裹丢了,电话[PHONE]", "已为您补发,请留意快递")]
+
+
+async def test_a_private_answer_streams_as_a_draft_then_one_message(server: RunningServer, fake: FakeTelegram) -> None:
+    update = message(CUSTOMER, STREAMED_Q)
+    update_id = await fake.push(update)
+    [sent] = await fake.wait_sent(1)
+    await handled(server, fake, update_id)
+    drafts = [text for _, text in fake.drafts]
+    assert drafts and len({draft_id for draft_id, _ in fake.drafts}) == 1  # one animated draft
+    for earlier, later in zip(drafts, [*drafts[1:], STREAMED_A], strict=True):
+        assert later.startswith(earlier) and later != earlier
+    assert sent.text == STREAMED_A and not fake.edits  # the final message, sent once
+    turn = await server.bot.store.turn_for_message("telegram", f"{CUSTOMER}:{update['message']['message_id']}")
+    assert turn is not None and turn.answer == STREAMED_A
+    assert await server.bot.store.turn_for_answer_message("telegram", str(CUSTOMER), str(sent.message_id)) == turn.id
+
+
+async def test_a_group_answer_streams_into_one_message_edited_in_place(
+    server: RunningServer, fake: FakeTelegram
+) -> None:
+    update = message(GROUP, f"@{BOT_USERNAME} {STREAMED_Q}", CUSTOMER, **MENTION)
+    update_id = await fake.push(update)
+    [sent] = await fake.wait_sent(1, chat_id=GROUP)
+    await handled(server, fake, update_id)
+    first_text = next(fields["text"] for method, fields in fake.calls if method == "sendMessage")
+    texts = [first_text, *(text for message_id, text in fake.edits if message_id == sent.message_id)]
+    assert len(texts) >= 2 and texts[-1] == sent.text == STREAMED_A and not fake.drafts
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False))
+    turn_id = await server.bot.store.turn_for_answer_message("telegram", str(GROUP), str(sent.message_id))
+    assert turn_id is not None and len([s for s in fake.sent if s.chat_id == GROUP]) == 1
 
 
 # --- delivery ---------------------------------------------------------------------------------------

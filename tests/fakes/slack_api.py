@@ -4,6 +4,8 @@ the next posts with 429 + Retry-After or refuse channels the bot is not in."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,8 @@ class FakeSlackApi:
     def __init__(self, token: str) -> None:
         self.token = token
         self.posts: list[Post] = []
+        self.updates: list[tuple[str, str]] = []  # (ts, new text) of every chat.update
+        self.blocks: dict[str, Any] = {}  # ts -> the Block Kit blocks its latest chat.update gave it
         self.rate_limited = 0  # posts answered with 429 so far
         self.not_in_channels: set[str] = set()
         self._limit_next = 0
@@ -79,7 +83,22 @@ class FakeSlackApi:
             )
         if method == "chat.postMessage":
             return self._post(args)
+        if method == "chat.update":
+            return self._update(args)
         return web.json_response({"ok": False, "error": "unknown_method"})
+
+    def _update(self, args: dict[str, Any]) -> web.Response:
+        """A streamed answer gets its next text: kept in `updates`, and as the post's text."""
+        index = next(
+            (i for i, p in enumerate(self.posts) if (p.channel, p.ts) == (args.get("channel"), args.get("ts"))), None
+        )
+        if index is None:
+            return web.json_response({"ok": False, "error": "message_not_found"})
+        self.updates.append((args["ts"], args["text"]))
+        blocks = args.get("blocks")
+        self.blocks[args["ts"]] = json.loads(blocks) if isinstance(blocks, str) else blocks
+        self.posts[index] = dataclasses.replace(self.posts[index], text=args["text"])
+        return web.json_response({"ok": True, "channel": args["channel"], "ts": args["ts"], "text": args["text"]})
 
     def _post(self, args: dict[str, Any]) -> web.Response:
         if self._limit_next > 0:

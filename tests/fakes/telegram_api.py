@@ -39,6 +39,8 @@ class FakeTelegram:
         self.token = token
         self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self.sent: list[Sent] = []
+        self.edits: list[tuple[int, str]] = []  # (message_id, new text) of every editMessageText
+        self.drafts: list[tuple[int, str]] = []  # (draft_id, text) of every sendMessageDraft
         self.calls: list[tuple[str, dict[str, Any]]] = []  # every request: method and decoded fields
         self.confirmed = 0  # the highest offset a getUpdates call has confirmed up to
         self.flood = 0  # answer this many next sendMessage calls with 429
@@ -155,6 +157,27 @@ class FakeTelegram:
                 "from": {"id": BOT_ID, "is_bot": True, "first_name": "Shop", "username": BOT_USERNAME},
             }
         )
+
+    async def _editmessagetext(self, fields: dict[str, Any]) -> web.Response:
+        """A streamed answer's message gets its next text: kept in `edits`, and as the message's text."""
+        chat_id, message_id = int(fields["chat_id"]), int(fields["message_id"])
+        index = next((i for i, s in enumerate(self.sent) if (s.chat_id, s.message_id) == (chat_id, message_id)), None)
+        if index is None:
+            return _error(400, "Bad Request: message to edit not found")
+        if self.sent[index].text == fields["text"]:
+            return _error(400, "Bad Request: message is not modified")
+        self.edits.append((message_id, fields["text"]))
+        self.sent[index].text = fields["text"]  # whoever holds the message sees it change, as in a chat
+        await self._notify()
+        chat = {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"}
+        return _ok({"message_id": message_id, "date": int(time.time()), "chat": chat, "text": fields["text"]})
+
+    async def _sendmessagedraft(self, fields: dict[str, Any]) -> web.Response:
+        """A private chat's animated preview of a message being written: kept in `drafts`."""
+        if int(fields["chat_id"]) < 0:
+            return _error(400, "Bad Request: drafts can be sent only to private chats")
+        self.drafts.append((int(fields["draft_id"]), fields.get("text", "")))
+        return _ok(True)
 
     async def _sendchataction(self, fields: dict[str, Any]) -> web.Response:
         return _ok(True)
