@@ -494,7 +494,7 @@ def starter_runtimes(data_dir: Path, reps: int, work: Path) -> tuple[Any, torch.
     """Section 4a; also times the starter's INT8 export, so section 5 can say how INT8 does on trained weights."""
     from transformers import AutoTokenizer
 
-    from bench.ort_quantize import quantize
+    from bench.optimum_path import optimum_export, quantize
 
     print("## 4a. ONNX Runtime vs PyTorch eager: the starter model\n")
     print(load_note() + "\n")
@@ -507,11 +507,12 @@ def starter_runtimes(data_dir: Path, reps: int, work: Path) -> tuple[Any, torch.
     ids = torch.tensor([tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)])
     pad = tokenizer.pad_token_id
     pytorch = load_pytorch(folder / "hf")
-    int8_dir = quantize(folder / "onnx", work / "starter-int8", "int8")
+    onnx_dir = optimum_export(folder / "hf", work / "starter-onnx")
+    int8_dir = quantize(onnx_dir, work / "starter-int8", "int8")
     runners: dict[str, Runner] = {}
     for t in THREADS:
         runners[f"pt@{t}"] = (pytorch, t)
-        runners[f"fp32@{t}"] = (load_ort(folder / "onnx", t), t)
+        runners[f"fp32@{t}"] = (load_ort(onnx_dir, t), t)
     runners[f"int8@{DEFAULT_THREADS}"] = (load_ort(int8_dir), DEFAULT_THREADS)
     seconds, tokens = race(runners, ids, pad, reps)
     print(
@@ -570,7 +571,7 @@ def starter_runtimes(data_dir: Path, reps: int, work: Path) -> tuple[Any, torch.
 def build_100m(tokenizer: Any, work: Path) -> tuple[Path, Path, int, float]:
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from bot.models.export import export_onnx
+    from bench.optimum_path import optimum_export
 
     torch.manual_seed(0)
     eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
@@ -583,13 +584,13 @@ def build_100m(tokenizer: Any, work: Path) -> tuple[Path, Path, int, float]:
     tokenizer.save_pretrained(hf_dir)
     del model
     began = time.perf_counter()
-    export_onnx(hf_dir, onnx_dir)
+    optimum_export(hf_dir, onnx_dir)
     return hf_dir, onnx_dir, params, time.perf_counter() - began
 
 
 def qwen_100m(tokenizer: Any, ids: torch.Tensor, work: Path, reps: int, starter_note: str) -> None:
     """Sections 4b and 5 in one interleaved race: PyTorch, ORT fp32, INT8 and INT4, each on 2 and 1 threads."""
-    from bench.ort_quantize import quantize
+    from bench.optimum_path import quantize
 
     hf_dir, onnx_dir, params, export_s = build_100m(tokenizer, work)
     folders: dict[str, tuple[Path, float]] = {"fp32": (onnx_dir, export_s)}
@@ -637,7 +638,7 @@ def qwen_100m(tokenizer: Any, ids: torch.Tensor, work: Path, reps: int, starter_
 
     print("## 5. INT8 / INT4 vs fp32 ONNX (~100M)\n")
     print(
-        "Same run as 4b. `bench.ort_quantize.quantize`: INT8 = dynamic, weight MatMuls only, per-channel; "
+        "Same run as 4b. `bench.optimum_path.quantize`: INT8 = dynamic, weight MatMuls only, per-channel; "
         "INT4 = weight-only MatMulNBits, block 32, symmetric. Baseline: ONNX fp32 at the same thread count.\n"
     )
     speed_table(seconds, {k: labels[k] for k in ("fp32", "int8", "int4")}, "fp32")

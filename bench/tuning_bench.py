@@ -1,5 +1,5 @@
 """Tuning benchmark: the project's own `python -m tuning` commands on a real English data set
-(Bitext), and the LoRA -> merge -> ONNX -> INT8 -> answer path on a real pretrained Qwen (GGUF).
+(Bitext), and the LoRA -> merge -> ONNX (fp32, INT4) -> answer path on a real pretrained Qwen (GGUF).
 
     .venv/bin/python bench/tuning_bench.py [--skip-qwen] [--skip-bitext] [--eval-limit 100]
                                            [--qwen-steps 3] [--json OUT.json] [--keep DIR]
@@ -17,8 +17,8 @@ same encode/shuffle as tuning.train.train.
 Qwen (`../shared/tools/get-pretrained-qwen`, Qwen2.5-Coder-0.5B-Instruct Q4_K_M): stages call the
 project's functions in child processes of this script (`--worker ...`): tuning.train.fine_tune
 (LoRA, the `pretrained` preset with steps, batch_size=4, max_len=128, on the shipped sample data's train split),
-bot.models.export.export_onnx, bench.ort_quantize.quantize(..., "int8"), and bot.models.runtime.ChatModel answering
-"我的订单什么时候到?" with the bot's system prompt, 64 greedy tokens, fp32 ONNX and INT8.
+bot.models.export.export_onnx (onnxruntime-genai's builder, fp32 and INT4), and bot.models.runtime.ChatModel
+answering "我的订单什么时候到?" with the bot's system prompt (greedy, at most 64 tokens) on each build.
 `tuning run --base GGUF` itself is not timed: it would also evaluate 200 eval rows with the 0.5B
 candidate and the production model on CPU, which takes far longer than the rest together.
 """
@@ -303,7 +303,7 @@ def bench_qwen(work: Path, steps: int, max_rss_gb: float, reuse_tune: bool = Fal
         "gguf_mb": round(Path(gguf).stat().st_size / 2**20),
         "get_pretrained_qwen_s": round(fetch_s, 1),
     }
-    tuned, fp32, int8 = work / "qwen-tuned", work / "qwen-onnx-fp32", work / "qwen-onnx-int8"
+    tuned = work / "qwen-tuned"
     if reuse_tune and (tuned / "hf" / "config.json").exists():
         stages = [{"stage": "qwen-tune", "reused": str(tuned), "rc": 0, "wall_s": None, "peak_rss_gb": None}]
     else:
@@ -311,21 +311,16 @@ def bench_qwen(work: Path, steps: int, max_rss_gb: float, reuse_tune: bool = Fal
         stages = [
             run_stage("qwen-tune", worker("qwen-tune", gguf, str(tuned), str(steps)), env, work, 2400, max_rss_gb)
         ]
-    for folder in (fp32, int8):  # exporting into an old folder would append to its model.onnx_data
+    for precision in ("fp32", "int4"):  # the builds the bot can serve (onnxruntime-genai's builder)
+        if stages[0]["rc"] != 0:
+            break
+        folder = work / f"qwen-onnx-{precision}"
         shutil.rmtree(folder, ignore_errors=True)
-    if stages[-1]["rc"] == 0:
-        stages.append(
-            run_stage("qwen-export", worker("qwen-export", str(tuned / "hf"), str(fp32)), env, work, 2400, max_rss_gb)
-        )
-    if stages[-1]["rc"] == 0 and stages[-1]["stage"] == "qwen-export":
-        stages.append(run_stage("qwen-generate-fp32", worker("qwen-generate", str(fp32)), env, work, 1200, max_rss_gb))
-        stages.append(
-            run_stage("qwen-quantize-int8", worker("qwen-quantize", str(fp32), str(int8)), env, work, 2400, max_rss_gb)
-        )
+        export = worker("qwen-export", str(tuned / "hf"), str(folder), precision)
+        stages.append(run_stage(f"qwen-export-{precision}", export, env, work, 2400, max_rss_gb))
         if stages[-1]["rc"] == 0:
-            stages.append(
-                run_stage("qwen-generate-int8", worker("qwen-generate", str(int8)), env, work, 1200, max_rss_gb)
-            )
+            generate = worker("qwen-generate", str(folder))
+            stages.append(run_stage(f"qwen-generate-{precision}", generate, env, work, 1200, max_rss_gb))
     result["stages"] = stages
     return result
 
@@ -400,25 +395,17 @@ def worker_qwen_tune(gguf: str, out: Path, steps: int) -> dict[str, Any]:
     }
 
 
-def worker_qwen_export(model_dir: Path, out: Path) -> dict[str, Any]:
+def worker_qwen_export(model_dir: Path, out: Path, precision: str) -> dict[str, Any]:
     from bot.models.export import export_onnx
 
     t = time.perf_counter()
-    export_onnx(model_dir, out)
+    export_onnx(model_dir, out, precision)
     return {
         "export_s": round(time.perf_counter() - t, 2),
         "onnx_mb": _mb(out),
         "files": sorted(p.name for p in out.iterdir()),
         "peak_rss_self_gb": _peak_self_gb(),
     }
-
-
-def worker_qwen_quantize(onnx_dir: Path, out: Path) -> dict[str, Any]:
-    from bench.ort_quantize import quantize
-
-    t = time.perf_counter()
-    quantize(onnx_dir, out, "int8")
-    return {"quantize_s": round(time.perf_counter() - t, 2), "onnx_mb": _mb(out), "peak_rss_self_gb": _peak_self_gb()}
 
 
 def worker_qwen_generate(onnx_dir: Path) -> dict[str, Any]:
@@ -429,41 +416,20 @@ def worker_qwen_generate(onnx_dir: Path) -> dict[str, Any]:
     t = time.perf_counter()
     model = ChatModel(onnx_dir.name, onnx_dir, GenerationSettings(max_new_tokens=64))
     load_s = time.perf_counter() - t
-    counted: list[int] = []
-    forced: dict[str, int] = {}
-    generate = model.model.generate
-
-    def counting_generate(*args: Any, **kwargs: Any) -> Any:
-        output = generate(*args, **kwargs, **forced)
-        counted.append(int(output.shape[1] - kwargs["input_ids"].shape[1]))
-        return output
-
-    model.model.generate = counting_generate  # count new tokens; ChatModel.generate returns text only
     messages = with_system(BotSettings(_env_file=None).system_prompt, [{"role": "user", "content": QUESTION}])
     runs = []
-    # Run 1: the answer as the bot gives it (stops at <|im_end|>; also warms the session up).
-    # Runs 2-3: min_new_tokens=64 holds the stop tokens back, so all 64 greedy tokens are decoded.
     answer = ""
-    for run in range(3):
-        forced.update({"min_new_tokens": 64} if run else {})
+    for _ in range(3):  # the bot's own answer (stops at <|im_end|>, at most 64 tokens); the first run warms up
         t = time.perf_counter()
-        text = model.generate(messages)
+        answer = model.generate(messages)
         seconds = time.perf_counter() - t
-        answer = answer if run else text
-        runs.append(
-            {
-                "forced_64": bool(run),
-                "s": round(seconds, 2),
-                "new_tokens": counted[-1],
-                "tokens_per_s": round(counted[-1] / seconds, 2),
-            }
-        )
-    forced_runs = [r for r in runs if r["forced_64"]]
+        tokens = len(model.tokenizer(answer, add_special_tokens=False)["input_ids"])
+        runs.append({"s": round(seconds, 2), "new_tokens": tokens, "tokens_per_s": round(tokens / seconds, 2)})
     return {
         "load_s": round(load_s, 2),
         "prompt_tokens": len(model.prompt_ids(messages)),
         "runs": runs,
-        "tokens_per_s_64": round(statistics.fmean(r["tokens_per_s"] for r in forced_runs), 2),
+        "tokens_per_s": round(statistics.fmean(r["tokens_per_s"] for r in runs[1:]), 2),
         "answer": answer,
         "has_cjk": any("\u3400" <= ch <= "\u9fff" for ch in answer),
         "peak_rss_self_gb": _peak_self_gb(),
@@ -567,8 +533,7 @@ def main() -> int:
         fn = {
             "starter-tokens": lambda a, b: worker_starter_tokens(Path(a), Path(b)),
             "qwen-tune": lambda g, o, s: worker_qwen_tune(g, Path(o), int(s)),
-            "qwen-export": lambda m, o: worker_qwen_export(Path(m), Path(o)),
-            "qwen-quantize": lambda m, o: worker_qwen_quantize(Path(m), Path(o)),
+            "qwen-export": lambda m, o, p: worker_qwen_export(Path(m), Path(o), p),
             "qwen-generate": lambda d: worker_qwen_generate(Path(d)),
         }[kind]
         print(MARK + json.dumps(fn(*rest), ensure_ascii=False), flush=True)

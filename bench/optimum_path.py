@@ -1,8 +1,9 @@
-"""The previous served path's quantisation (optimum's ONNX export + onnxruntime's quantisers), kept
-for the benchmarks that compare it with the onnxruntime-genai builds the bot now serves."""
+"""The previous served path: optimum's ONNX export (loaded with `ORTModelForCausalLM`) and onnxruntime's
+quantisers, kept as the benchmarks' baseline against the onnxruntime-genai builds the bot now serves."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnx
@@ -10,6 +11,22 @@ import onnx
 from bot.models.export import copy_side_files
 
 ONNX_FILE = "model.onnx"
+CONFIG_FILES = ("config.json", "generation_config.json")  # ORTModelForCausalLM reads them beside the graph
+
+
+def optimum_export(model_dir: Path, out_dir: Path) -> Path:
+    """A causal LM folder -> ONNX with past key values, as optimum exports it."""
+    from optimum.exporters.onnx import main_export
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("model.onnx*"):  # the exporter appends to an existing external-data file
+        old.unlink()
+    main_export(str(model_dir), output=out_dir, task="text-generation-with-past", do_validation=False)
+    copy_side_files(model_dir, out_dir)
+    for name in CONFIG_FILES:
+        if (model_dir / name).exists() and not (out_dir / name).exists():
+            shutil.copy2(model_dir / name, out_dir / name)
+    return out_dir
 
 
 def quantize(onnx_dir: Path, out_dir: Path, mode: str) -> Path:
@@ -39,6 +56,9 @@ def quantize(onnx_dir: Path, out_dir: Path, mode: str) -> Path:
     else:
         raise ValueError(f"unknown quantisation {mode!r}: use int8 or int4")
     copy_side_files(onnx_dir, out_dir)
+    for name in CONFIG_FILES:
+        if (onnx_dir / name).exists():
+            shutil.copy2(onnx_dir / name, out_dir / name)
     return out_dir
 
 
