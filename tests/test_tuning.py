@@ -227,3 +227,13 @@ def test_stage_commands_train_export_quantise_eval(data_dir: Path, tmp_path: Pat
     )
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["examples"] == 5
+
+
+def test_a_run_that_fails_the_gate_is_kept_as_candidate_and_exits_non_zero(data_dir: Path) -> None:
+    result = tuning_cli(data_dir, "run", "--force", "--max-p99", "0.000001")  # no model answers that fast
+    assert result.returncode == 1, result.stderr
+    assert "gate failed: kept v0002 as candidate, not promoted" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["gate_passed"] is False and report["promoted"] is False
+    state = Registry(data_dir).state()
+    assert (state.current, state.candidate, state.ab_share) == ("v0001", "v0002", 0.0)  # `tuning ab` can start on it

@@ -37,6 +37,10 @@ class NothingToDo(Exception):
     pass
 
 
+class NoEvalRows(ValueError):
+    """No held-out rows to score on: evaluating on training rows would only measure memory."""
+
+
 @dataclass
 class RunOptions:
     config: TuneConfig = MONTHLY  # every tuning knob
@@ -86,6 +90,10 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
             "no new rated chats since the current version: nothing to tune "
             "(agents rate answers with reactions or /feedback; --force tunes anyway)"
         )
+    if not splits["eval"]:
+        raise NoEvalRows(
+            "the eval split is empty: add data (--data) so rows can be held out; not scoring on training rows"
+        )
     timings["dataset_s"] = time.perf_counter() - began
 
     version, scratch = registry.start_version()
@@ -107,7 +115,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    eval_chats = [r["messages"] for r in splits["eval"]] or [r["messages"] for r in splits["train"]]
+    eval_chats = [r["messages"] for r in splits["eval"]]
     metrics, metrics_report = _score(version, scratch / ONNX_DIR, eval_chats, system_prompt, cfg.eval_limit)
     production, production_report = None, None
     if state.current:
@@ -134,8 +142,10 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
         },
     )
     reasons = Gate.from_config(cfg).verdict(metrics, production)
-    if reasons:
-        outcome = "kept as candidate: " + "; ".join(reasons)
+    if reasons:  # registered, not served: `tuning ab` can still try it on a share of users
+        if not registry.state().ab_share:  # never replaces a candidate an A/B test is serving
+            registry.set_candidate(version, 0.0)
+        outcome = f"kept {version} as candidate, not promoted: " + "; ".join(reasons)
     elif options.ab_share:
         registry.set_candidate(version, options.ab_share)
         outcome = f"A/B test: {options.ab_share:.0%} of users get {version}"
@@ -147,6 +157,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
         "version": version,
         "outcome": outcome,
         "promoted": not reasons and not options.ab_share,
+        "gate_passed": not reasons,
         "metrics": metrics_report,
         "production_metrics": production_report,
         "data": card,
