@@ -2,7 +2,8 @@
 written as a Hugging Face DatasetDict and as chat JSONL, with a small data card.
 
 - an agent's correction, an answer agents rated 👍 (net), or an agent's own answer during a hand-off
-  becomes a training target;
+  becomes a training target; the conversation before it is context, and of its earlier answers only
+  the approved ones are learnt too (the others are marked context only, `formats.CONTEXT_ONLY`);
 - an answer agents rated 👎 without a correction is kept out of training, as a labelled negative;
 - customers' reactions are counted in the card but never become targets;
 - personal data is masked again; duplicates are dropped (rated chats win over file rows);
@@ -59,7 +60,7 @@ async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
         turn = await store.turn(turn_id)
         if turn is None or turn.outcome not in ("answered", "agent"):
             continue
-        agent_score = sum(r["rating"] for r in ratings.get(turn_id, []) if r["role"] == "agent")
+        agent_score = agent_net(ratings.get(turn_id, []))
         counts.update(
             f"customer_{'up' if r['rating'] > 0 else 'down'}"
             for r in ratings.get(turn_id, [])
@@ -67,9 +68,12 @@ async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
         )
         context = []
         for past in await store.session_turns(turn.channel, turn.conversation_id, turn.session, turn.id):
+            said = {"role": "assistant", "content": mask_personal_data(corrections.get(past.id, past.answer))}
+            # Earlier answers are context; only approved ones (corrected, 👍 by agents, an agent's) are learnt.
+            approved = past.id in corrections or past.outcome == "agent" or agent_net(ratings.get(past.id, [])) > 0
             context += [
                 {"role": "user", "content": mask_personal_data(past.user_text)},
-                {"role": "assistant", "content": mask_personal_data(corrections.get(past.id, past.answer))},
+                said if approved else formats.as_context(said),
             ]
         question = {"role": "user", "content": mask_personal_data(turn.user_text)}
         answer = mask_personal_data(turn.answer)
@@ -92,6 +96,11 @@ async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
         rows.append(_row(messages, "chats", label=label, **verdict, **meta))
         counts[rows[-1]["label"]] += 1
     return rows, counts
+
+
+def agent_net(ratings: list[dict[str, Any]]) -> int:
+    """Agents' 👍 minus 👎 on one answer (customers' ratings never decide what is learnt)."""
+    return sum(r["rating"] for r in ratings if r["role"] == "agent")
 
 
 def file_rows(paths: list[Path]) -> list[dict[str, Any]]:

@@ -16,6 +16,18 @@ from bot.models.chat import Chat
 
 SPEAKERS = {"用户": "user", "客户": "user", "user": "user", "客服": "assistant", "assistant": "assistant"}
 SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data" / "sample"
+# An assistant message with this key set to "true" is context only: the model sees it, its loss is masked
+# (a bot answer nobody approved, kept for the conversation around an approved one). Templates ignore it.
+CONTEXT_ONLY = "context_only"
+
+
+def as_context(message: dict[str, str]) -> dict[str, str]:
+    return {**message, CONTEXT_ONLY: "true"}
+
+
+def is_target(message: dict[str, str]) -> bool:
+    """Whether training learns this message: an assistant message not marked context only."""
+    return message["role"] == "assistant" and message.get(CONTEXT_ONLY) != "true"
 
 
 class DataError(ValueError):

@@ -1,6 +1,6 @@
 """Training loop (nanoGPT-style): encode chats, shuffle, step, log. Used by the starter model and by
 the monthly LoRA tune; every knob comes from one `TuneConfig` (tuning/config.py). Loss falls on
-assistant tokens only: the prompt's labels are -100."""
+approved assistant answers only: the prompt's labels (and context-only answers') are -100."""
 
 from __future__ import annotations
 
@@ -18,20 +18,26 @@ from tqdm import tqdm
 from bot.models.chat import Chat
 from bot.models.registry import HF_DIR
 from tuning.config import TuneConfig
+from tuning.formats import is_target
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+END_OF_TURN = "<|im_end|>"  # ChatML's end of a message: the starter's and Qwen's templates
 
 
 def chat_segments(tokenizer: Any, messages: Chat) -> list[tuple[str, bool]]:
-    """Split a rendered chat into (text, is_assistant_answer) pieces using the tokenizer's template."""
+    """Split a rendered chat into (text, is_learnt) pieces using the tokenizer's template: an assistant
+    answer is learnt unless it is marked context only (formats.is_target)."""
     segments, done = [], ""
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
             prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
             full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-            segments.append((prompt[len(done) :], False))
-            segments.append((full[len(prompt) :], True))
+            answer = full[len(prompt) :]
+            # Learnt: the answer and the token that ends it; what the template adds after (a newline) is not.
+            end = answer.find(END_OF_TURN)
+            cut = end + len(END_OF_TURN) if end >= 0 else len(answer)
+            segments += [(prompt[len(done) :], False), (answer[:cut], is_target(message)), (answer[cut:], False)]
             done = full
     return segments
 
