@@ -130,6 +130,12 @@ def test_registry_promote_rollback_and_ab(data_dir: Path) -> None:
     with pytest.raises(RegistryError, match="between 0 and 1"):
         registry.set_candidate("v0001", 1.5)
     assert registry.set_candidate("v0001", 0.25).ab_share == 0.25
+    outside = data_dir.parent / "elsewhere" / "v0001"  # a registered-looking folder outside the registry
+    shutil.copytree(registry.path("v0001"), outside)
+    for name in ("../../elsewhere/v0001", str(outside), "v0001/..", "V0001"):
+        with pytest.raises(RegistryError, match="not a version name"):
+            registry.promote(name)
+    assert registry.state().current == "v0001"
 
 
 async def test_ab_test_is_sticky_per_user_and_reported(server: RunningServer, data_dir: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from typing import Any
 
 STATE = "state.json"
 MANIFEST = "manifest.json"
+VERSION_NAME = re.compile(r"v\d{4,}")  # what start_version names: never a path
 # Inside a version folder: the merged PyTorch weights (what the next tune starts from) and their ONNX build.
 HF_DIR = "hf"
 ONNX_DIR = "onnx"
@@ -57,6 +59,8 @@ class Registry:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / MANIFEST).exists())
 
     def path(self, version: str) -> Path:
+        if not VERSION_NAME.fullmatch(version):
+            raise RegistryError(f"not a version name: {version!r} (versions are named v0001, v0002, ...)")
         folder = self.root / version
         if not (folder / MANIFEST).exists():
             raise RegistryError(
