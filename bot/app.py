@@ -85,6 +85,8 @@ async def build_bot(settings: BotSettings) -> Bot:
         settings.blocked_cooldown_s,
     )
     feedback = Feedback.from_settings(store, settings)
+    if not settings.handoff_phrases:
+        log.info("hand-off to a person is off: no agent is configured (AGENT_IDS, ADMIN_IDS or agent API keys)")
     handoff = HandOff(
         store,
         feedback.roles,

@@ -118,7 +118,10 @@ class BotSettings(_Env):
 
     @property
     def handoff_phrases(self) -> list[str]:
-        return [w.strip() for w in self.handoff_words.split(",") if w.strip()]
+        """Phrases that hand a conversation to agents; none when no agent is configured, as nobody could
+        answer (AGENT_IDS, ADMIN_IDS, an agent's or admin's BOT_API_KEYS entry, or a trusted agents' room)."""
+        has_agents = self.agents or self.admins or self.trust_agent_room or any(k.role != "customer" for k in self.keys)
+        return [w.strip() for w in self.handoff_words.split(",") if w.strip()] if has_agents else []
 
     @property
     def agents(self) -> frozenset[str]:

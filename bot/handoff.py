@@ -80,9 +80,10 @@ class HandOff:
         return started
 
     async def after_rating(self, turn_id: int, sender: str, rating: int | None, role: Role) -> bool:
-        """A customer's second 👎 in a row (on the conversation's latest two answers) hands it off."""
+        """A customer's second 👎 in a row (on the conversation's latest two answers) hands it off (where
+        there are agents to hand it to: the same condition as for the phrases)."""
         turn = await self.store.turn(turn_id)
-        if rating != -1 or role is not Role.CUSTOMER or turn is None:
+        if rating != -1 or role is not Role.CUSTOMER or turn is None or self._asks is None:
             return False
         answers = await self.store.history(turn.channel, turn.conversation_id, turn.session, limit=2)
         if len(answers) < 2 or turn.id != answers[-1].id:

@@ -105,6 +105,20 @@ async def test_two_downvotes_in_a_row_from_the_customer_hand_off(data_dir: Path)
         assert (await service.handle(says("还在吗", 3))).outcome == "with_agent"
 
 
+async def test_without_agents_nobody_is_handed_off(data_dir: Path) -> None:
+    """Nobody could answer: asking for a person gets the bot's answer, and 👎 hands nothing off."""
+    bot = await build_bot(make_settings(data_dir, agent_ids="", api_keys=""))
+    try:
+        service = ChannelService(bot, "telegram")
+        asked = await service.handle(says("转人工", 1))
+        assert asked.outcome == "answered" and not await bot.store.handoffs()
+        one, two = await service.handle(says(ORDER_Q, 2)), await service.handle(says("怎么退货?", 3))
+        for reply in (one, two):
+            assert (await service.rate(reply.turn_id, "u1", -1)).handed_off is None
+    finally:
+        await bot.close()
+
+
 async def test_handoff_phrases(data_dir: Path) -> None:
     async with open_bot(data_dir, handoff_words="人工,human,real person") as bot:
         asks = bot.handoff.asks_for_person
