@@ -66,17 +66,11 @@ async def build_bot(settings: BotSettings) -> Bot:
         settings.model_timeout_s,
         settings.model_queue,
         external_model=settings.model,
+        system_prompt=settings.system_prompt,
     )
-    loop, began = asyncio.get_running_loop(), time.perf_counter()
-    await loop.run_in_executor(None, models.load)
-    loaded = time.perf_counter() - began
-    await loop.run_in_executor(None, models.warm_up, settings.system_prompt)
-    log.info(
-        "model %s loaded in %.1f s; warm-up answer in %.2f s",
-        models.version_of("current"),
-        loaded,
-        time.perf_counter() - began - loaded,
-    )
+    began = time.perf_counter()
+    await asyncio.get_running_loop().run_in_executor(None, models.load)
+    log.info("model %s loaded and warmed up in %.1f s", models.version_of("current"), time.perf_counter() - began)
     cache = AnswerCache(settings.cache_size, settings.cache_ttl_s)
     limits = UserLimits(
         settings.user_rate_limit,

@@ -46,12 +46,15 @@ class ModelPool:
         timeout_s: float,
         queue_limit: int,
         external_model: str = "",
+        system_prompt: str = "",
     ) -> None:
+        """`system_prompt` starts the warm-up answer each model gives before it serves anyone."""
         self.registry = Registry(data_dir)
         self.cache_root = data_dir / "exports"
         self.settings = settings
         self.timeout_s = timeout_s
         self.external_model = external_model
+        self.system_prompt = system_prompt
         self.current: ChatModel | None = None
         self.candidate: ChatModel | None = None
         self.ab_share = 0.0
@@ -66,7 +69,7 @@ class ModelPool:
         """Load what the registry (or BOT_MODEL) names; blocking, for start-up."""
         if self.external_model:
             name = "external:" + Path(self.external_model).name
-            self.current = load_model(self.external_model, name, self.cache_root, self.settings)
+            self.current = self._warmed(load_model(self.external_model, name, self.cache_root, self.settings))
             return
         self._stamp = self.registry.state_stamp()
         state = self.registry.state()
@@ -83,12 +86,11 @@ class ModelPool:
             f", candidate {state.candidate} for {self.ab_share:.0%} of users" if self.candidate else "",
         )
 
-    def warm_up(self, system_prompt: str) -> None:
-        """One short answer from each loaded model, so the first customer does not pay for the runtime's
-        first-run allocations; blocking, for start-up."""
-        for model in (self.current, self.candidate):
-            if model is not None:
-                model.generate(with_system(system_prompt, [{"role": "user", "content": "hello"}]))
+    def _warmed(self, model: ChatModel) -> ChatModel:
+        """`model` after one short answer, given before it serves anyone (at start and before a hot swap),
+        so no customer pays for the runtime's first-run allocations."""
+        model.generate(with_system(self.system_prompt, [{"role": "user", "content": "hello"}]))
+        return model
 
     def _load_version(self, version: str, loaded: ChatModel | None) -> ChatModel:
         if loaded and loaded.version == version:
@@ -96,7 +98,7 @@ class ModelPool:
         folder = self.registry.onnx_dir(version)
         if not (folder / GENAI_CONFIG).exists():  # built for the previous runtime: rebuilt from its weights once
             folder = ensure_onnx(str(self.registry.hf_dir(version)), self.cache_root)
-        return ChatModel(version, folder, self.settings)
+        return self._warmed(ChatModel(version, folder, self.settings))
 
     async def refresh(self) -> bool:
         """Reload if the registry changed since the last look; True when something changed."""
