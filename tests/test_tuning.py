@@ -238,8 +238,27 @@ def test_stage_commands_train_export_quantise_eval(data_dir: Path, tmp_path: Pat
 def test_a_run_that_fails_the_gate_is_kept_as_candidate_and_exits_non_zero(data_dir: Path) -> None:
     result = tuning_cli(data_dir, "run", "--force", "--max-p99", "0.000001")  # no model answers that fast
     assert result.returncode == 1, result.stderr
-    assert "gate failed: kept v0002 as candidate, not promoted" in result.stderr
+    assert "not promoted: kept v0002 as candidate, not promoted: " in result.stderr and "P99 latency" in result.stderr
     report = json.loads(result.stdout)
     assert report["gate_passed"] is False and report["promoted"] is False
     state = Registry(data_dir).state()
     assert (state.current, state.candidate, state.ab_share) == ("v0001", "v0002", 0.0)  # `tuning ab` can start on it
+
+
+def test_a_run_never_promotes_over_an_operators_change_made_while_it_ran(data_dir: Path) -> None:
+    registry = Registry(data_dir)
+    shutil.copytree(registry.path("v0001"), registry.root / "v0007")  # a second registered version
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")} | {"BOT_DATA_DIR": str(data_dir)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "tuning", "run", "--force"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while not list(registry.root.glob("*.partial/loss.jsonl")) and time.monotonic() < deadline:
+        assert run.poll() is None
+        time.sleep(0.2)
+    promoted = tuning_cli(data_dir, "promote", "v0007")  # the operator, while the run trains
+    assert promoted.returncode == 0, promoted.stderr
+    _, stderr = run.communicate(timeout=900)
+    assert run.returncode == 1 and "production changed from v0001 to v0007 during the run" in stderr.decode()
+    state = registry.state()
+    assert (state.current, state.candidate) == ("v0007", "v0008")  # the operator's choice stands

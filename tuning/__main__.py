@@ -258,8 +258,8 @@ def cmd_run(args: argparse.Namespace, settings: BotSettings, registry: Registry)
         return 0
     result["metrics"].pop("samples", None)
     _print(result)
-    if not result["gate_passed"]:  # cron must notice
-        print(f"gate failed: {result['outcome']}", file=sys.stderr)
+    if result["refused"]:  # a failed gate, or production changed meanwhile: cron must notice
+        print(f"not promoted: {result['outcome']}", file=sys.stderr)
         return 1
     return 0
 

@@ -141,7 +141,11 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
             "timings": timings,
         },
     )
-    reasons = Gate.from_config(cfg).verdict(metrics, production)
+    gate = Gate.from_config(cfg).verdict(metrics, production)
+    reasons = list(gate)
+    now = registry.state().current
+    if now != state.current:  # an operator promoted or rolled back while this run trained: theirs stands
+        reasons.append(f"production changed from {state.current} to {now} during the run")
     if reasons:  # registered, not served: `tuning ab` can still try it on a share of users
         if not registry.state().ab_share:  # never replaces a candidate an A/B test is serving
             registry.set_candidate(version, 0.0)
@@ -157,7 +161,8 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
         "version": version,
         "outcome": outcome,
         "promoted": not reasons and not options.ab_share,
-        "gate_passed": not reasons,
+        "gate_passed": not gate,
+        "refused": reasons,
         "metrics": metrics_report,
         "production_metrics": production_report,
         "data": card,
