@@ -79,19 +79,22 @@ class HandOff:
             log.info("%s conversation %s handed off to agents (%s)", channel, conversation_id, reason)
         return started
 
-    async def after_rating(self, turn_id: int, sender: str, rating: int | None, role: Role) -> bool:
+    async def after_rating(self, turn_id: int, sender: str, rating: int | None, role: Role) -> StoredTurn | None:
         """A customer's second 👎 in a row (on the conversation's latest two answers) hands it off (where
-        there are agents to hand it to: the same condition as for the phrases)."""
+        there are agents to hand it to: the same condition as for the phrases); the rated turn if it did."""
+        if rating != -1 or role is not Role.CUSTOMER or self._asks is None:
+            return None
         turn = await self.store.turn(turn_id)
-        if rating != -1 or role is not Role.CUSTOMER or turn is None or self._asks is None:
-            return False
+        if turn is None:
+            return None
         answers = await self.store.history(turn.channel, turn.conversation_id, turn.session, limit=2)
         if len(answers) < 2 or turn.id != answers[-1].id:
-            return False
+            return None
         for answer in answers:
             if not any(r["rater"] == sender and r["rating"] == -1 for r in await self.store.ratings(answer.id)):
-                return False
-        return await self.start(turn.channel, turn.conversation_id, sender, "two_downvotes")
+                return None
+        started = await self.start(turn.channel, turn.conversation_id, sender, "two_downvotes")
+        return turn if started else None
 
     async def transcript(self, channel: str, conversation_id: str) -> list[StoredTurn]:
         """The latest turns of the conversation, as stored (masked), oldest first."""

@@ -57,8 +57,8 @@ class ChannelService:
         handed the conversation to agents (a customer's second 👎 in a row)."""
         sender = self.sender(user_id)
         role = await self._bot.feedback.rate(turn_id, sender, rating, in_agent_chat)
-        turn = await self._store.turn(turn_id)
-        if turn is None or not await self._bot.handoff.after_rating(turn_id, sender, rating, role):
+        turn = await self._bot.handoff.after_rating(turn_id, sender, rating, role)
+        if turn is None:
             return Rated(role)
         return Rated(role, turn.conversation_id, pick_language(HANDED_OFF, turn.user_text))
 
