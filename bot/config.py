@@ -80,6 +80,17 @@ class BotSettings(_Env):
     # whole words), and the idle minutes after which a handed-off conversation goes back to the bot.
     handoff_words: str = "人工,转人工,人工客服,真人,human,agent,real person"
     handoff_timeout_minutes: float = Field(30.0, gt=0)
+    # Scale-out (README "Several workers"). Empty database_url: SQLite in data_dir; postgresql://... shares
+    # one database between workers. Empty redis_url: cache, rate buckets and dedupe stay in this process.
+    database_url: str = ""
+    redis_url: str = ""
+    # Model servers: comma-separated `[name=]URL[*weight]` entries and `local` (the in-process model), e.g.
+    # `gpu=http://gpu-1:8000/v1*4,local`; empty: the in-process model only.
+    model_backends: str = ""
+    # This worker's name in leases (inbox events, Telegram polling); empty: host name and process id.
+    worker_id: str = ""
+    # How long a worker holds an inbox event it is answering; a worker that dies leaves it to another after this.
+    inbox_lease_s: float = Field(60.0, gt=0)
     # The longest correction or agent reply kept (training data; a paste of a whole page is a mistake).
     max_correction_chars: int = Field(4000, ge=1)
 
@@ -142,7 +153,7 @@ class BotSettings(_Env):
 
     def secrets(self) -> list[str]:
         """Values the logs must never show."""
-        return [self.api_token]
+        return [self.api_token, self.database_url, self.redis_url]
 
     def check(self) -> None:
         if not self.auth_configured and not is_loopback(self.http_host):
