@@ -176,9 +176,10 @@ class ChatChannel(ABC):
         self.ratings = {self._reaction_name(name): rating for name, rating in ratings.items()}
         self.agents_room = agents_room
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._retries: set[asyncio.Task[Any]] = set()
+        self._retries: dict[str, asyncio.Task[None]] = {}  # inbox keys waiting to be tried again
         self._active: set[str] = set()  # inbox keys being handled now
         self._stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._rejected, self._rejected_logged_at = 0, -REJECTIONS_LOGGED_EVERY_S
         service.deliver_with(self.deliver)
@@ -229,18 +230,32 @@ class ChatChannel(ABC):
 
     async def start(self) -> None:
         """Forget long-finished events, then replay those recorded but not finished before the last stop
-        or crash."""
+        or crash; from then on, now and then, those of workers that died (their leases ran out)."""
         await self.service.prune(KEEP_DONE)
-        pending = await self.service.pending()
-        if pending:
-            log.info("%s: handling %d events left pending at the last stop", self.name, len(pending))
-        for key, payload in pending:
+        await self._replay("left pending at the last stop")
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _replay(self, why: str) -> None:
+        claimed = await self.service.claim()
+        if claimed:
+            log.info("%s: handling %d events %s", self.name, len(claimed), why)
+        for key, payload in claimed:
             self._schedule(key, payload)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.service.sweep_every_s)
+            try:
+                await self._replay("whose worker stopped answering")
+            except Exception as exc:  # the store is away for a moment: the next sweep tries again
+                log.warning("%s: could not look for abandoned events (%s: %s)", self.name, type(exc).__name__, exc)
 
     async def stop(self) -> None:
         """Let work in flight finish for a moment; what is cut off stays in the inbox for the next start."""
         self._stopping = True
-        for retry in self._retries:
+        if self._sweeper:
+            self._sweeper.cancel()
+        for retry in self._retries.values():
             retry.cancel()
         if self._tasks:
             _, unfinished = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_S)
@@ -264,12 +279,14 @@ class ChatChannel(ABC):
         task.add_done_callback(self._tasks.discard)
 
     def _schedule(self, key: str, payload: dict[str, Any]) -> None:
-        if key not in self._active and not self._stopping:
+        if key not in self._active and key not in self._retries and not self._stopping:
             self._active.add(key)
             self.spawn(self._process(key, payload))
 
     async def _process(self, key: str, payload: dict[str, Any]) -> None:
         try:
+            if not await self.service.take(key):  # finished meanwhile, or another worker answers it
+                return
             async with self._lock(self.conversation_of(payload)):
                 await self.handle_event(payload)
             await self.service.done(key)
@@ -302,12 +319,11 @@ class ChatChannel(ABC):
             MAX_ATTEMPTS,
             delay,
         )
-        retry = asyncio.create_task(self._retry_after(delay, key, payload))
-        self._retries.add(retry)
-        retry.add_done_callback(self._retries.discard)
+        self._retries[key] = asyncio.create_task(self._retry_after(delay, key, payload))
 
     async def _retry_after(self, delay: float, key: str, payload: dict[str, Any]) -> None:
         await asyncio.sleep(delay)
+        del self._retries[key]
         self._schedule(key, payload)
 
     def _lock(self, conversation: str | None) -> asyncio.Lock:

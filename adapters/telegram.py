@@ -79,6 +79,9 @@ MAX_MESSAGE_CHARS = 4096
 WEBHOOK_PATH = "/telegram/webhook"  # when TELEGRAM_WEBHOOK_URL has no path of its own
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 POLL_TIMEOUT_S = 25
+# Long polling is one worker's job (Telegram allows one getUpdates at a time): it holds a lease, renewed
+# before every call; when that worker dies, another takes over within this time.
+POLLING, POLL_LEASE_S = "polling", POLL_TIMEOUT_S + 15.0
 TYPING_EVERY_S = 4.5  # Telegram shows a chat action for 5 s
 DRAFT_EVERY_S = 0.3  # drafts animate between texts; more often than this shows nothing more
 _draft_ids = itertools.count(1)  # a draft id is any non-zero number, one per answer
@@ -278,6 +281,7 @@ class TelegramChannel(ChatChannel):
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+            await self.service.let_go(POLLING)  # another worker may poll at once
         await super().stop()
         await self.tg.session.close()
 
@@ -303,6 +307,10 @@ class TelegramChannel(ChatChannel):
         backoff = Backoff(RETRY_BACKOFF)
         while True:
             try:
+                if not await self.service.hold(POLLING, POLL_LEASE_S):
+                    offset = None  # the next time this worker polls, Telegram resends what nobody confirmed
+                    await asyncio.sleep(POLL_LEASE_S / 3)
+                    continue
                 # A call with a higher offset confirms everything below it, so it only ever passes recorded updates.
                 updates = await self.tg(
                     _RawGetUpdates(offset=offset, timeout=POLL_TIMEOUT_S, allowed_updates=ALLOWED_UPDATES),

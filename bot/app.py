@@ -10,14 +10,16 @@ from datetime import timedelta
 from pathlib import Path
 
 from bot.cache import AnswerCache
-from bot.config import BotSettings, ConfigError
+from bot.config import BotSettings, ConfigError, parse_model_backends
 from bot.feedback import Feedback
 from bot.handoff import HandOff
 from bot.limits import UserLimits
+from bot.models.backends import Balancer, build_balancer
 from bot.models.pool import ModelPool
 from bot.models.runtime import GenerationSettings
 from bot.pipeline import DialogueManager, StepDeps
-from bot.store import Store, database_path
+from bot.shared import SharedState
+from bot.store import Store, open_store
 from bot.wordfilter import WordFilter, load_allowlist, load_lexicon
 
 log = logging.getLogger(__name__)
@@ -31,14 +33,19 @@ class Bot:
     settings: BotSettings
     store: Store
     models: ModelPool
+    backends: Balancer
     dialogue: DialogueManager
     feedback: Feedback
     cache: AnswerCache
     handoff: HandOff
+    shared: SharedState | None = None  # Redis (BOT_REDIS_URL), when the workers share state
 
     async def close(self) -> None:
+        await self.backends.close()
         self.models.close()
         await self.store.close()
+        if self.shared:
+            await self.shared.close()
 
 
 def build_word_filter(settings: BotSettings) -> WordFilter:
@@ -51,7 +58,8 @@ async def build_bot(settings: BotSettings) -> Bot:
     for path in settings.paths(settings.lexicons) + settings.paths(settings.allowlists):
         if not path.exists():
             raise ConfigError(f"config error: BOT_LEXICONS/BOT_ALLOWLISTS: no such file {path}")
-    store = await Store.open(database_path(settings.data_dir))
+    shared = await SharedState.connect(settings)
+    store = await open_store(settings)
     generation = GenerationSettings(
         settings.max_new_tokens,
         settings.temperature,
@@ -71,12 +79,17 @@ async def build_bot(settings: BotSettings) -> Bot:
     began = time.perf_counter()
     await asyncio.get_running_loop().run_in_executor(None, models.load)
     log.info("model %s loaded and warmed up in %.1f s", models.version_of("current"), time.perf_counter() - began)
-    cache = AnswerCache(settings.cache_size, settings.cache_ttl_s)
+    backends = build_balancer(
+        parse_model_backends(settings.model_backends), models, generation, settings.model_timeout_s
+    )
+    await backends.start()
+    cache = AnswerCache(settings.cache_size, settings.cache_ttl_s, shared)
     limits = UserLimits(
         settings.user_rate_limit,
         settings.user_rate_period_s,
         settings.blocked_cooldown_after,
         settings.blocked_cooldown_s,
+        shared,
     )
     feedback = Feedback.from_settings(store, settings)
     if not settings.handoff_phrases:
@@ -91,10 +104,12 @@ async def build_bot(settings: BotSettings) -> Bot:
     deps = StepDeps(
         store=store,
         models=models,
+        backends=backends,
         words=build_word_filter(settings),
         cache=cache,
         limits=limits,
         handoff=handoff,
         settings=settings,
+        shared=shared,
     )
-    return Bot(settings, store, models, DialogueManager(deps), feedback, cache, handoff)
+    return Bot(settings, store, models, backends, DialogueManager(deps), feedback, cache, handoff, shared)

@@ -5,7 +5,8 @@ first row: `AUDIT_GENESIS`, 64 zeros), and `hash` = SHA-256 of `prev_hash` follo
 canonical content (`audit_hash`). Changing a row's content, deleting, inserting or reordering rows
 breaks the chain at that row, and `verify` names it. The id is not hashed: the chain, not the
 numbering, fixes the order. Rows written before the chain existed are chained at the first open
-after the migration (`Store._seal_audit`). SQLite triggers refuse UPDATE and DELETE on chained rows.
+after the migration (`Store._seal_audit`). Triggers (SQLite's, PostgreSQL's) refuse UPDATE and
+DELETE on chained rows.
 
 A hash chain without a secret proves consistency, not authorship: whoever can write the file can
 also recompute every hash after an edit. `verify` prints the head hash; keep it somewhere else (a
@@ -21,10 +22,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from bot.config import BotSettings
-from bot.store import AUDIT_GENESIS, Store, audit_hash, database_path
+from bot.store import AUDIT_GENESIS, Store, audit_hash, store_location
 
 
 @dataclass(frozen=True)
@@ -138,13 +140,13 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, settings: BotSettings) -> int:
     """Run `audit verify` or `audit show`; the exit status (verify: 0 intact, 1 broken, 2 no store)."""
-    path = database_path(settings.data_dir)
-    if not path.exists():
-        print(f"no store at {path} (check BOT_DATA_DIR)", flush=True)
+    location = store_location(settings.data_dir, settings.database_url)
+    if isinstance(location, Path) and not location.exists():  # a SQLite file: opening would create it
+        print(f"no store at {location} (check BOT_DATA_DIR)", flush=True)
         return 2
 
     async def go() -> int:
-        store = await Store.open(path)
+        store = await Store.open(location)
         try:
             if args.audit_command == "verify":
                 verdict = await verify(store)

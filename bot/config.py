@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -114,6 +117,12 @@ class BotSettings(_Env):
         parse_api_keys(value)
         return value
 
+    @field_validator("model_backends")
+    @classmethod
+    def _check_model_backends(cls, value: str) -> str:
+        parse_model_backends(value)
+        return value
+
     @field_validator("filter_policy")
     @classmethod
     def _known_policies(cls, value: str) -> str:
@@ -133,6 +142,14 @@ class BotSettings(_Env):
         answer (AGENT_IDS, ADMIN_IDS, an agent's or admin's BOT_API_KEYS entry, or a trusted agents' room)."""
         has_agents = self.agents or self.admins or self.trust_agent_room or any(k.role != "customer" for k in self.keys)
         return [w.strip() for w in self.handoff_words.split(",") if w.strip()] if has_agents else []
+
+    @property
+    def worker(self) -> str:
+        """This worker's name in leases. On SQLite there is one worker, so a restart takes back what the
+        last run left leased at once; workers sharing PostgreSQL are told apart by host and process."""
+        if self.worker_id:
+            return self.worker_id
+        return f"{socket.gethostname()}:{os.getpid()}" if self.database_url else "local"
 
     @property
     def agents(self) -> frozenset[str]:
@@ -156,6 +173,11 @@ class BotSettings(_Env):
         return [self.api_token, self.database_url, self.redis_url]
 
     def check(self) -> None:
+        if self.inbox_lease_s <= self.model_timeout_s:
+            raise ConfigError(
+                f"config error: BOT_INBOX_LEASE_S: must be longer than BOT_MODEL_TIMEOUT_S ({self.model_timeout_s:g} s), "
+                "or another worker would answer an event while its first worker still does"
+            )
         if not self.auth_configured and not is_loopback(self.http_host):
             raise ConfigError(
                 f"config error: BOT_HTTP_HOST: {self.http_host or '(all interfaces)'} is not a loopback address; "
@@ -213,6 +235,45 @@ def parse_api_keys(value: str) -> list[ApiKey]:
 def token_digest(token: str) -> str:
     """The SHA-256 (hex) of a token, as BOT_API_KEYS lists it."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+LOCAL_BACKEND = "local"  # the BOT_MODEL_BACKENDS entry of the in-process model
+_BACKEND = re.compile(r"(?:(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})=)?(?P<target>[^*=\s]+)(?:\*(?P<weight>.*))?")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One BOT_MODEL_BACKENDS entry: an OpenAI-compatible server's base URL (ending in /v1), or the
+    in-process model (`url` empty)."""
+
+    name: str
+    url: str
+    weight: float
+
+
+def parse_model_backends(value: str) -> list[BackendSpec]:
+    """`[name=]URL[*weight]` and `local[*weight]` entries, comma-separated -> specs; a bad entry raises
+    ValueError naming it. A URL's default name is its host:port."""
+    specs: list[BackendSpec] = []
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        match = _BACKEND.fullmatch(entry)
+        target = match["target"] if match else ""
+        url = urlsplit(target) if target != LOCAL_BACKEND else None
+        if not match or (url and (url.scheme not in ("http", "https") or not url.hostname)):
+            raise ValueError(f"{entry!r}: expected [name=]http(s)://host:port/v1[*weight] or local[*weight]")
+        try:
+            weight = float(match["weight"] or 1)
+        except ValueError:
+            weight = 0.0
+        if not 0 < weight < float("inf"):
+            raise ValueError(f"{entry!r}: the weight after * must be a number above 0")
+        name = match["name"] or (url.netloc if url else LOCAL_BACKEND)
+        if url and name == LOCAL_BACKEND:
+            raise ValueError(f"{entry!r}: the name {LOCAL_BACKEND!r} is the in-process model's")
+        if any(s.name == name for s in specs):
+            raise ValueError(f"{name}: listed twice")
+        specs.append(BackendSpec(name, target.rstrip("/") if url else "", weight))
+    return specs
 
 
 def is_loopback(host: str) -> bool:

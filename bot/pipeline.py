@@ -11,10 +11,10 @@ the turn outright sets `turn.done`. The manager times every step and tells its o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
-import sqlite3
 import threading
 import time
 import unicodedata
@@ -29,11 +29,13 @@ from bot.config import BotSettings
 from bot.handoff import HANDED_OFF, HandOff
 from bot.limits import UserLimits
 from bot.message import BotReply, UserMessage, pick_language, strip_control_tokens
+from bot.models.backends import Balancer, Generated
 from bot.models.chat import with_system
 from bot.models.pool import ModelBusy, ModelPool
 from bot.models.runtime import ChatModel
 from bot.privacy import PLACEHOLDERS, mask_personal_data
-from bot.store import Store
+from bot.shared import SharedState
+from bot.store import Duplicate, Store
 from bot.wordfilter import WordFilter
 
 log = logging.getLogger(__name__)
@@ -125,11 +127,13 @@ class StepDeps:
 
     store: Store
     models: ModelPool
+    backends: Balancer  # where answers are generated: the in-process model and any model servers
     words: WordFilter
     cache: AnswerCache
     limits: UserLimits
     handoff: HandOff
     settings: BotSettings
+    shared: SharedState | None = None  # Redis (BOT_REDIS_URL): registry-change notices
 
 
 class Step:
@@ -163,7 +167,7 @@ class CheckInput(Step):
         if not turn.text:
             turn.canned(Replies.EMPTY, "empty")
             turn.done = True
-        elif self.deps.limits.cooling_down(sender):
+        elif await self.deps.limits.cooling_down(sender):
             turn.canned(Replies.COOLING_DOWN, "cooling_down")
         elif not await self.deps.limits.allow(sender):
             turn.canned(Replies.RATE_LIMITED, "rate_limited")
@@ -214,7 +218,7 @@ class InputFilter(Step):
         turn.text = verdict.text
         if verdict.blocked:
             turn.canned(Replies.BLOCKED, "blocked")
-            self.deps.limits.note_blocked(turn.message.sender)
+            await self.deps.limits.note_blocked(turn.message.sender)
         count_filtered("input", verdict.categories, verdict.blocked)
         if verdict.categories:
             await self.deps.store.audit(
@@ -285,7 +289,7 @@ class CachedAnswer(Step):
 
     async def __call__(self, turn: WorkingTurn) -> None:
         if turn.context_free and turn.model:
-            answer = self.deps.cache.get(turn.text, turn.model.version)
+            answer = await self.deps.cache.get(turn.text, turn.model.version)
             if answer is not None:
                 turn.settle(answer, "answered")
                 turn.cached = True
@@ -300,9 +304,12 @@ class GenerateAnswer(Step):
         assert model is not None  # build_context picked it
         try:
             if turn.stream is None:
-                answer = await self.deps.models.generate(model, turn.prompt)
+                generated = await self.deps.backends.generate(turn.prompt, model.version)
             else:
-                answer = await self._streamed(turn, model, turn.stream)
+                generated = await self._streamed(turn, model, turn.stream)
+            # Stored as the version that answered: a fallback may serve another than the A/B pick wanted.
+            turn.model_version, turn.variant = generated.version, self.deps.models.variant_of(generated.version)
+            answer = generated.text
         except ModelBusy as busy:
             log.warning("model busy on %s: %s", turn.message.message_id, busy)
             turn.canned(Replies.BUSY, "busy")
@@ -321,9 +328,9 @@ class GenerateAnswer(Step):
             return
         turn.settle(answer, "answered")
         if turn.context_free:
-            self.deps.cache.put(turn.text, model.version, answer)
+            await self.deps.cache.put(turn.text, model.version, answer)
 
-    async def _streamed(self, turn: WorkingTurn, model: ChatModel, stream: Stream) -> str:
+    async def _streamed(self, turn: WorkingTurn, model: ChatModel, stream: Stream) -> Generated:
         """Generate while the customer is shown every completed clause, filtered as the whole answer will
         be (OutputFilter). Lexicon words and personal data never contain a clause end, so a shown text is
         never half of one. A clause the filter blocks stops generation (the answer then becomes the blocked
@@ -332,11 +339,11 @@ class GenerateAnswer(Step):
         texts: asyncio.Queue[str | None] = asyncio.Queue()
         stop = threading.Event()
 
-        def on_text(text: str) -> bool:  # in the model's thread
+        def on_text(text: str) -> bool:  # in the model's thread (a model server's: in the event loop)
             loop.call_soon_threadsafe(texts.put_nowait, text)
             return not stop.is_set()
 
-        job = asyncio.ensure_future(self.deps.models.generate(model, turn.prompt, on_text))
+        job = asyncio.ensure_future(self.deps.backends.generate(turn.prompt, model.version, on_text))
         job.add_done_callback(lambda _: texts.put_nowait(None))
         shown, finished = 0, False  # characters of the raw answer shown so far
         while not finished:
@@ -415,7 +422,7 @@ class Persist(Step):
                 cached=turn.cached,
                 outcome=turn.outcome,
             )
-        except sqlite3.IntegrityError:  # the same message raced in twice: keep the first answer
+        except Duplicate:  # the same message raced in twice: keep the first answer
             earlier = await self.deps.store.turn_for_message(msg.channel, msg.message_id)
             assert earlier is not None
             turn.answer, turn.outcome = earlier.answer, earlier.outcome
@@ -489,25 +496,38 @@ class DialogueManager:
         )
 
     async def follow_registry(self) -> None:
-        """Pick up promoted versions without a restart; answers in flight keep their model."""
-        while True:
-            await asyncio.sleep(self.deps.settings.registry_poll_s)
-            try:
-                if await self.deps.models.refresh():
-                    self.deps.cache.clear()
-                    current, candidate = (
-                        self.deps.models.version_of("current"),
-                        self.deps.models.version_of("candidate"),
-                    )
-                    log.info("model changed to %s; answer cache emptied", current)
-                    await self.deps.store.audit(
-                        "bot",
-                        "hot_swap",
-                        target=f"model:{current}",
-                        candidate=candidate or None,
-                        ab_share=self.deps.models.ab_share,
-                    )
-            except Exception:
-                log.exception(
-                    "could not load the registry's new model; still serving %s", self.deps.models.version_of("current")
+        """Pick up promoted versions without a restart; answers in flight keep their model. The registry is
+        polled, and with Redis a notice from whoever changed it wakes every worker at once."""
+        changed = asyncio.Event()
+        shared = self.deps.shared
+        notices = asyncio.create_task(shared.follow_registry(changed.set)) if shared else None
+        try:
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.deps.settings.registry_poll_s)
+                changed.clear()
+                await self._swap_if_changed()
+        finally:
+            if notices:
+                notices.cancel()
+
+    async def _swap_if_changed(self) -> None:
+        try:
+            if await self.deps.models.refresh():
+                await self.deps.cache.clear()
+                current, candidate = (
+                    self.deps.models.version_of("current"),
+                    self.deps.models.version_of("candidate"),
                 )
+                log.info("model changed to %s", current)
+                await self.deps.store.audit(
+                    "bot",
+                    "hot_swap",
+                    target=f"model:{current}",
+                    candidate=candidate or None,
+                    ab_share=self.deps.models.ab_share,
+                )
+        except Exception:
+            log.exception(
+                "could not load the registry's new model; still serving %s", self.deps.models.version_of("current")
+            )

@@ -2,9 +2,10 @@
 
 Turns (questions and answers), their ratings, corrections and message links, finished inbox rows and idle
 conversations older than the cut-off are deleted, with SQLite's `secure_delete` on so the freed pages are
-overwritten, and the write-ahead log is truncated afterwards. Audit rows stay: they hold digests, never
-the texts, so `audit verify` still passes. The run itself is audited (`retention`, with its counts).
-Run it from cron; it prints one JSON line.
+overwritten, and the write-ahead log is truncated afterwards (PostgreSQL has neither: there the deleted
+rows linger until VACUUM reuses their space, and in its WAL and backups). Audit rows stay: they hold
+digests, never the texts, so `audit verify` still passes. The run itself is audited (`retention`, with
+its counts). Run it from cron; it prints one JSON line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import timedelta
 from bot.audit import cli_actor
 from bot.config import BotSettings
 from bot.message import utcnow
-from bot.store import Store, database_path
+from bot.store import Store, open_store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ async def purge(store: Store, days: int, actor: str) -> dict[str, int]:
 
 def main(args: argparse.Namespace, settings: BotSettings) -> int:
     async def go() -> dict[str, int]:
-        store = await Store.open(database_path(settings.data_dir))
+        store = await open_store(settings)
         try:
             return await purge(store, args.days, cli_actor())
         finally:

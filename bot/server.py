@@ -47,9 +47,10 @@ class RunningServer:
         await self.bot.close()
 
 
-async def start_server(bot: Bot, channels: Sequence[Channel]) -> RunningServer:
+async def start_server(bot: Bot, channels: Sequence[Channel], reuse_port: bool = False) -> RunningServer:
     """Serve `channels` on the configured address; on failure the port and the store are released.
-    Without any HTTP token configured the API is open, so it may only listen on loopback."""
+    Without any HTTP token configured the API is open, so it may only listen on loopback. With
+    `reuse_port`, workers on this host share the address and the kernel spreads connections over them."""
     settings = bot.settings
     try:
         settings.check()  # also for settings not read through config.load (tests, embedding)
@@ -67,7 +68,7 @@ async def start_server(bot: Bot, channels: Sequence[Channel]) -> RunningServer:
     runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()
-        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        await web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port or None).start()
         port = runner.addresses[0][1]  # the real port, also when 0 asked for any free one
         log.info(
             "listening on http://%s:%d (channels: %s)", settings.http_host, port, ", ".join(c.name for c in channels)

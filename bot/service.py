@@ -24,7 +24,7 @@ from bot.store import StoredTurn
 
 def build_admin(bot: Bot) -> Admin:
     """The HTTP channel's second object: token checks and the admin API (bot/admin.py)."""
-    return Admin(Registry(bot.settings.data_dir), bot.store, bot.feedback)
+    return Admin(Registry(bot.settings.data_dir, bot.settings.redis_url), bot.store, bot.feedback)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class ChannelService:
         self._store = bot.store
         self.channel = channel
         self.max_message_chars = bot.settings.max_message_chars
+        self._worker = bot.settings.worker
+        self._lease = timedelta(seconds=bot.settings.inbox_lease_s)
+        # How often a worker looks for events whose worker died (their leases ran out).
+        self.sweep_every_s = bot.settings.inbox_lease_s / 3
 
     def sender(self, user_id: str) -> str:
         """How a user of this channel is written in AGENT_IDS: `channel:user_id`."""
@@ -135,8 +139,15 @@ class ChannelService:
     # --- the inbox: events recorded before they are acknowledged ------------------------------------
 
     async def record(self, key: str, payload: dict[str, Any]) -> bool:
-        """Record an incoming event; False if it was recorded before (a redelivery)."""
-        return await self._store.inbox_add(self.channel, key, payload)
+        """Record an incoming event; False if it was recorded before (a redelivery). With Redis, the workers
+        spot most redeliveries there without asking the database, whose unique key stays the truth."""
+        shared = self._bot.shared
+        if shared and await shared.seen(self.channel, key):
+            return False
+        recorded = await self._store.inbox_add(self.channel, key, payload)
+        if shared:
+            await shared.remember(self.channel, key)
+        return recorded
 
     async def done(self, key: str) -> None:
         await self._store.inbox_done(self.channel, key)
@@ -147,6 +158,22 @@ class ChannelService:
 
     async def pending(self) -> list[tuple[str, dict[str, Any]]]:
         return await self._store.inbox_pending(self.channel)
+
+    async def take(self, key: str) -> bool:
+        """Lease a recorded event to this worker for BOT_INBOX_LEASE_S; False when it is finished or another
+        worker holds it (several workers share the inbox: each event is answered by one)."""
+        return await self._store.inbox_take(self.channel, key, self._worker, self._lease) is not None
+
+    async def claim(self) -> list[tuple[str, dict[str, Any]]]:
+        """Lease the unfinished events nobody holds: left by a stop or crash, or by a worker that died."""
+        return await self._store.inbox_claim(self.channel, self._worker, self._lease)
+
+    async def hold(self, job: str, seconds: float) -> bool:
+        """Take or renew this channel's lease on `job` (one worker at a time); False while another holds it."""
+        return await self._store.lease(f"{self.channel}:{job}", self._worker, timedelta(seconds=seconds))
+
+    async def let_go(self, job: str) -> None:
+        await self._store.lease_release(f"{self.channel}:{job}", self._worker)
 
     async def prune(self, older_than: timedelta) -> int:
         return await self._store.inbox_prune(self.channel, older_than)

@@ -5,17 +5,22 @@ hash of the data and the training code, so a second `make test` on the same chec
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.__main__ import start
 from bot.config import BotSettings
 from bot.server import RunningServer
-from tests.support import ROOT, SYSTEM_PROMPT, make_settings
+from bot.store import Store
+from bot.store.postgres import shown
+from tests.support import REDIS_URL, ROOT, SYSTEM_PROMPT, make_settings, redis_answers
 from tuning.bootstrap import bootstrap
 
 # What the starter model is built from: the data, the trainer with its presets, and the export.
@@ -60,3 +65,47 @@ async def server(settings: BotSettings) -> AsyncIterator[RunningServer]:
     running = await start(settings, {})
     yield running
     await running.stop()
+
+
+# PostgreSQL for the store's tests: each test gets a schema of its own in this database, dropped after.
+PG_TEST_URL = os.environ.get("BOT_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/test")
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A BOT_DATABASE_URL selecting a fresh, empty schema (asyncpg passes `search_path` on as a server
+    setting); the test is skipped, saying so, when no PostgreSQL answers at BOT_TEST_DATABASE_URL."""
+    try:
+        admin = await asyncpg.connect(PG_TEST_URL, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at {shown(PG_TEST_URL)} (set BOT_TEST_DATABASE_URL): {exc}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_TEST_URL}{'&' if '?' in PG_TEST_URL else '?'}search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a test's store is, once per backend: a SQLite file, or a PostgreSQL schema (`pg_url`)."""
+    if request.param == "sqlite":
+        return tmp_path / "bot.sqlite3"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def store(store_at: Path | str) -> AsyncIterator[Store]:
+    opened = await Store.open(store_at)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """BOT_REDIS_URL of the test Redis; the test is skipped, saying so, when none answers there."""
+    if not redis_answers():
+        pytest.skip(f"no Redis answers at {REDIS_URL} (set BOT_TEST_REDIS_URL)")
+    return REDIS_URL

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 
 from bot.config import SERVICE, BotSettings, token_digest
 from bot.server import RunningServer
@@ -71,3 +73,15 @@ async def get(server: RunningServer, path: str, who: str | None = SERVICE) -> tu
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{server.port}{path}", headers=auth(who)) as resp:
             return resp.status, await resp.json()
+
+
+# Redis for the tests of state shared by workers (BOT_REDIS_URL); those tests skip, saying so, without it.
+REDIS_URL = os.environ.get("BOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_answers() -> bool:
+    try:
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False

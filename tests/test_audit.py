@@ -1,5 +1,6 @@
-"""The tamper-evident audit log: rows written through the real store verify; editing, deleting,
-inserting or reordering rows with plain sqlite3 makes `verify` name the row; the real command line."""
+"""The tamper-evident audit log: rows written through the real store verify (on SQLite and PostgreSQL,
+the `store_at` fixture); editing, deleting, inserting or reordering rows with plain sqlite3 makes
+`verify` name the row, and an edit on PostgreSQL too; the real command line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.audit import verify, verify_rows
@@ -20,9 +22,9 @@ from bot.store import AUDIT_GENESIS, MIGRATIONS, Store, audit_hash, database_pat
 from tests.test_cli import env_for
 
 
-async def write_events(path: Path) -> list[dict]:
+async def write_events(location: Path | str) -> list[dict]:
     """Eight rows the way the bot and the operators write them, some concurrently."""
-    store = await Store.open(path)
+    store = await Store.open(location)
     try:
         await store.audit("http:bob", "input_filtered", categories=["insult"], blocked=True, message_id="m1")
         await store.audit("telegram:42", "rating", turn_id=1, rating=1, role="agent")
@@ -46,28 +48,27 @@ def tamper(path: Path, *statements: tuple[str, tuple]) -> None:
     db.close()
 
 
-async def verdict_of(path: Path):
-    store = await Store.open(path)
+async def verdict_of(location: Path | str):
+    store = await Store.open(location)
     try:
         return await verify(store)
     finally:
         await store.close()
 
 
-def audit_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def audit_cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot", "audit", *args],
         cwd=data_dir,
-        env=env_for(data_dir),
+        env=env_for(data_dir, **env),
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-async def test_events_through_the_store_form_an_intact_chain(tmp_path: Path) -> None:
-    path = tmp_path / "bot.sqlite3"
-    events = await write_events(path)
+async def test_events_through_the_store_form_an_intact_chain(store_at: Path | str) -> None:
+    events = await write_events(store_at)
     assert [e["id"] for e in events] == list(range(1, 9))
     assert events[0]["prev_hash"] == AUDIT_GENESIS
     assert all(e["prev_hash"] == before["hash"] for before, e in pairwise(events))
@@ -81,7 +82,7 @@ async def test_events_through_the_store_form_an_intact_chain(tmp_path: Path) -> 
     assert json.loads(rating["detail"]) == {"turn_id": 1, "rating": 1}
     assert (events[3]["target"], events[3]["channel"]) == ("model:v0002", None)
     assert events[-1]["outcome"] == "refused"
-    verdict = await verdict_of(path)  # reopened: nothing re-sealed, still intact
+    verdict = await verdict_of(store_at)  # reopened: nothing re-sealed, still intact
     assert verdict.ok and verdict.rows == 8 and verdict.head == events[-1]["hash"]
     assert verdict.line == f"8 rows, chain intact (head {events[-1]['hash'][:16]})"
 
@@ -94,6 +95,33 @@ async def test_the_table_refuses_updates_and_deletes(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute(sql)
     db.close()
+
+
+async def test_postgresql_refuses_updates_deletes_and_truncate_and_verify_finds_an_edit(pg_url: str) -> None:
+    await write_events(pg_url)
+    db = await asyncpg.connect(pg_url)
+    try:
+        for sql in ("UPDATE audit SET detail='{}' WHERE id=2", "DELETE FROM audit WHERE id=2", "TRUNCATE audit"):
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await db.execute(sql)
+        # The table's owner can switch the triggers off; the chain still shows the edit.
+        await db.execute("ALTER TABLE audit DISABLE TRIGGER USER")
+        await db.execute("""UPDATE audit SET detail='{"turn_id": 2}' WHERE id=3""")
+    finally:
+        await db.close()
+    verdict = await verdict_of(pg_url)
+    assert not verdict.ok and verdict.line.startswith("audit chain broken at row 3: edited"), verdict.line
+
+
+def test_the_command_line_verifies_a_postgresql_store(tmp_path: Path, pg_url: str) -> None:
+    events = asyncio.run(write_events(pg_url))
+    ok = audit_cli(tmp_path, "verify", BOT_DATABASE_URL=pg_url)
+    assert ok.returncode == 0 and ok.stdout == f"8 rows, chain intact (head {events[-1]['hash'][:16]})\n", ok.stderr
+    assert not database_path(tmp_path).exists()  # the SQLite file was never the store
+    down = audit_cli(tmp_path, "verify", BOT_DATABASE_URL="postgresql://bot:s3cret@127.0.0.1:5999/test")
+    [line] = down.stderr.splitlines()  # one line, no traceback
+    assert down.returncode == 1 and "s3cret" not in line
+    assert line.startswith("config error: BOT_DATABASE_URL: cannot connect to postgresql://bot@127.0.0.1:5999/test: ")
 
 
 def forge_row_3(path: Path) -> list[tuple[str, tuple]]:
@@ -193,10 +221,10 @@ async def test_rows_from_before_the_chain_are_sealed_once_at_open(tmp_path: Path
     assert (await verdict_of(path)).line.startswith("audit chain broken at row 4: inserted")
 
 
-async def test_two_connections_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
-    """Two stores on one file, as the bot and a tuning command: appends interleave, the chain holds."""
-    path = tmp_path / "bot.sqlite3"
-    first, second = await Store.open(path), await Store.open(path)
+async def test_two_connections_appending_at_once_keep_one_chain(store_at: Path | str) -> None:
+    """Two stores on one database, as two workers or the bot and a tuning command: appends interleave,
+    the chain holds."""
+    first, second = await Store.open(store_at), await Store.open(store_at)
     try:
         await asyncio.gather(*(s.audit(f"actor{i % 2}", "x", i=i) for i in range(40) for s in (first, second)))
         verdict = await verify(first)
@@ -206,10 +234,9 @@ async def test_two_connections_appending_at_once_keep_one_chain(tmp_path: Path) 
         await second.close()
 
 
-async def test_store_filters_and_limit(tmp_path: Path) -> None:
-    path = tmp_path / "bot.sqlite3"
-    events = await write_events(path)
-    store = await Store.open(path)
+async def test_store_filters_and_limit(store_at: Path | str) -> None:
+    events = await write_events(store_at)
+    store = await Store.open(store_at)
     try:
         assert [e["id"] for e in await store.audit_events(actor="telegram:42")] == [2, 3]
         assert [e["id"] for e in await store.audit_events(action="output_filtered", limit=2)] == [6, 7]

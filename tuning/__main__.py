@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import fields
@@ -18,9 +20,11 @@ from bot.config import BotSettings, load_settings
 from bot.models.chat import with_system
 from bot.models.export import PRECISIONS
 from bot.models.registry import HF_DIR, Registry, RegistryError, State
-from bot.store import Store, database_path
+from bot.store import Store, open_store, store_location
 from tuning.config import PRESETS, TuneConfig, preset
 from tuning.formats import DataError
+
+EXPORT_FORMATS = ("onnx", "hf", "lora")
 
 
 def _print(obj: Any) -> None:
@@ -45,10 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     _training_args(t)
 
-    x = sub.add_parser("export", help="merged model folder -> onnxruntime-genai build (fp32 or INT4)")
-    x.add_argument("--model", type=Path, required=True)
-    x.add_argument("--out", type=Path, required=True)
-    x.add_argument("--precision", choices=PRECISIONS, help="default: int4 for pretrained-size models, else fp32")
+    x = sub.add_parser(
+        "export",
+        help="a version (or merged model folder) -> a folder to serve: onnxruntime-genai build (onnx), "
+        "merged Hugging Face model for vLLM (hf) or the version's LoRA adapter alone (lora)",
+    )
+    source = x.add_mutually_exclusive_group(required=True)
+    source.add_argument("--version", help="a registered version, current or candidate")
+    source.add_argument("--model", type=Path, help="a merged model folder (--format onnx only)")
+    x.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    x.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    x.add_argument("--precision", choices=PRECISIONS, help="onnx: default int4 for pretrained-size models, else fp32")
 
     e = sub.add_parser("eval", help="accuracy, BLEU-4, ROUGE-L and latency of a model on a data file")
     e.add_argument("--model", default="current", help="current, candidate, a version or an ONNX folder")
@@ -73,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=PRECISIONS, help="of the served build (default: by model size)")
     r.add_argument("--max-accuracy-drop", type=float)
     r.add_argument("--max-bleu-drop", type=float)
-    r.add_argument("--max-p99", type=float, dest="max_p99_s", help="seconds")
+    r.add_argument("--max-p99", type=float, dest="max_p99_s", help="seconds (P90 when under 100 eval answers)")
+    r.add_argument("--min-eval-rows", type=int, help="fewer eval rows: the gate refuses to decide (exit 3)")
     r.add_argument("--force", action="store_true", help="tune even without new rated chats")
     return p
 
@@ -110,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
     data_dir = settings.data_dir
-    registry = Registry(data_dir)
+    registry = Registry(data_dir, settings.redis_url)
     try:
         return COMMANDS[args.command](args, settings, registry)
-    except (DataError, RegistryError, FileNotFoundError, ValueError) as exc:
+    except (DataError, RegistryError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -129,12 +141,11 @@ def cmd_bootstrap(args: argparse.Namespace, settings: BotSettings, registry: Reg
 def cmd_dataset(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     from tuning import dataset, monthly
 
-    splits, card = dataset.build(database_path(settings.data_dir), args.data, include_sample=not args.no_sample)
+    store = store_location(settings.data_dir, settings.database_url)
+    splits, card = dataset.build(store, args.data, include_sample=not args.no_sample)
     data_hash = dataset.write(splits, card, args.out)
     asyncio.run(
-        monthly.audit(
-            settings.data_dir, cli_actor(), "data_export", target=str(args.out), rows=card["rows"], data_hash=data_hash
-        )
+        monthly.audit(store, cli_actor(), "data_export", target=str(args.out), rows=card["rows"], data_hash=data_hash)
     )
     _print(json.loads((args.out / "card.json").read_text()))
     return 0
@@ -155,10 +166,69 @@ def cmd_train(args: argparse.Namespace, settings: BotSettings, registry: Registr
 
 
 def cmd_export(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
+    """onnx: what the bot serves itself. hf and lora: what an OpenAI-compatible server (vLLM) serves
+    under the version's name, which is how the bot's balancer knows which version a backend serves."""
     from bot.models.export import export_onnx
+    from tuning.train import ADAPTER_DIR
 
-    _print({"onnx": str(export_onnx(args.model, args.out, args.precision))})
+    if args.format != "onnx" and (args.model or args.precision):
+        raise ValueError(f"--format {args.format} exports a registered version as it is: give --version only")
+    out = args.out.absolute()
+    version = registry.resolve(args.version) if args.version else None
+    model = registry.hf_dir(version) if version else args.model
+    if args.format != "lora" and not model.is_dir():
+        raise FileNotFoundError(f"model folder not found: {model}")
+    if args.format == "onnx":
+        _print({"onnx": str(_write_folder(out, lambda scratch: export_onnx(model, scratch, args.precision)))})
+    elif args.format == "hf":
+        from transformers import AutoTokenizer
+
+        if not AutoTokenizer.from_pretrained(model).chat_template:  # a server could not render chats without it
+            raise ValueError(f"{version}'s tokenizer has no chat template")
+        _write_folder(out, lambda scratch: _copy(model, scratch))
+        _print({"hf": str(out), "serve": f"vllm serve {out} --served-model-name {version}"})
+    else:
+        adapter = model.parent / ADAPTER_DIR
+        manifest = registry.manifest(str(version))
+        if not adapter.is_dir():
+            method = manifest.get("config", {}).get("method")
+            raise ValueError(f"{version} has no LoRA adapter (it was tuned with method {method!r}): use --format hf")
+        base = manifest["tuned_from"]
+        if base in registry.versions():
+            base = str(registry.hf_dir(base).absolute())
+        _write_folder(out, lambda scratch: _copy_adapter(adapter, base, scratch))
+        serve = f"vllm serve {base} --enable-lora --lora-modules {version}={out}"
+        _print({"lora": str(out), "base": base, "serve": serve})
     return 0
+
+
+def _copy_adapter(adapter: Path, base: str, out: Path) -> None:
+    """The adapter, its config naming the base it applies to by where it is now (peft wrote the path
+    the run loaded it from, which may be relative to the run's working folder)."""
+    _copy(adapter, out)
+    config_file = out / "adapter_config.json"
+    config = json.loads(config_file.read_text()) | {"base_model_name_or_path": base}
+    config_file.write_text(json.dumps(config, indent=2))
+
+
+def _copy(src: Path, dst: Path) -> None:
+    # Contents only, not modes: safetensors files are written owner-only, and a server may run as another user.
+    shutil.copytree(src, dst, copy_function=shutil.copyfile, dirs_exist_ok=True)
+
+
+def _write_folder(out: Path, build: Callable[[Path], object]) -> Path:
+    """Build `out` in a scratch folder beside it and rename that into place: `out` appears whole or not at all."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not empty: choose a new --out")
+    scratch = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        build(scratch)
+        os.replace(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # left only by a failed build
+    return out
 
 
 def cmd_eval(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
@@ -174,7 +244,7 @@ def cmd_eval(args: argparse.Namespace, settings: BotSettings, registry: Registry
         name = registry.resolve(args.model)
         folder = registry.onnx_dir(name)
     model = ChatModel(name, folder, GenerationSettings(max_new_tokens=settings.max_new_tokens))
-    result = report(name, *evaluate(model, read_chats(args.data), settings.system_prompt, args.limit))
+    result = report(name, evaluate(model, read_chats(args.data), settings.system_prompt, args.limit))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     _print(result)
@@ -204,7 +274,7 @@ def _with_store(settings: BotSettings, operation: Callable[[Store], Awaitable[St
     """Run one admin operation (bot/admin.py, shared with the HTTP admin API) against the store."""
 
     async def go() -> State:
-        store = await Store.open(database_path(settings.data_dir))
+        store = await open_store(settings)
         try:
             return await operation(store)
         finally:
@@ -235,7 +305,7 @@ def cmd_ab_report(args: argparse.Namespace, settings: BotSettings, registry: Reg
     from tuning.evaluate import ab_report
 
     async def read() -> tuple[list, list]:
-        store = await Store.open(database_path(settings.data_dir))
+        store = await open_store(settings)
         try:
             return await store.turns(), await store.ratings()
         finally:
@@ -246,16 +316,26 @@ def cmd_ab_report(args: argparse.Namespace, settings: BotSettings, registry: Reg
 
 
 def cmd_run(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
+    from tuning.gate import TooFewRows
     from tuning.monthly import NothingToDo, RunOptions, run
 
     options = RunOptions(
-        config=tune_config(args), base=args.base, extra_files=args.data, ab_share=args.ab, force=args.force
+        config=tune_config(args),
+        base=args.base,
+        extra_files=args.data,
+        ab_share=args.ab,
+        force=args.force,
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
     )
     try:
         result = run(settings.data_dir, settings.system_prompt, options)
     except NothingToDo as exc:
         print(str(exc))
         return 0
+    except TooFewRows as exc:  # its own exit code: neither a failed gate (1) nor bad input (2)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     result["metrics"].pop("samples", None)
     _print(result)
     if result["refused"]:  # a failed gate, or production changed meanwhile: cron must notice

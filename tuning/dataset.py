@@ -123,10 +123,13 @@ def in_eval(messages: list[dict[str, str]], percent: int = EVAL_PERCENT) -> bool
 
 
 def build(
-    db_path: Path | None, extra_files: list[Path], include_sample: bool = True, eval_percent: int = EVAL_PERCENT
+    store: Path | str | None, extra_files: list[Path], include_sample: bool = True, eval_percent: int = EVAL_PERCENT
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    """The splits (train, eval, negatives) and the data card."""
-    chats, counts = asyncio.run(_read_store(db_path)) if db_path and db_path.exists() else ([], Counter())
+    """The splits (train, eval, negatives) and the data card. `store`: where the rated chats are (see
+    `bot.store.store_location`); None, or a SQLite file not created yet, has none."""
+    if isinstance(store, Path) and not store.exists():
+        store = None  # opening it would create it
+    chats, counts = asyncio.run(_read_store(store)) if store is not None else ([], Counter())
     files = (formats.shipped_files() if include_sample else []) + list(extra_files)
     by_prompt: dict[str, dict[str, Any]] = {}
     for row in file_rows(files) + [r for r in chats if r["label"] != "bad"]:
@@ -153,8 +156,8 @@ def build(
     return splits, card
 
 
-async def _read_store(db_path: Path) -> tuple[list[dict[str, Any]], Counter]:
-    store = await Store.open(db_path)
+async def _read_store(location: Path | str) -> tuple[list[dict[str, Any]], Counter]:
+    store = await Store.open(location)
     try:
         return await rated_chats(store)
     finally:

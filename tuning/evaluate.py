@@ -4,6 +4,8 @@
   F1 with it is at least ACCURACY_F1 (tokens: single CJK characters, Latin words, numbers);
 - BLEU-4 (sacrebleu, 0-1 scale; tokenize="zh" when references hold Chinese, "13a" otherwise);
 - ROUGE-L F1 over the same tokens; latency p50/p99 of whole answers.
+
+Each row's result is kept too (`Row`): the promotion gate (tuning/gate.py) compares two models row by row.
 """
 
 from __future__ import annotations
@@ -12,19 +14,51 @@ import re
 import statistics
 import time
 from collections import Counter
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import sacrebleu
+from sacrebleu.metrics import BLEU
 
 from bot.cache import normalise_question
 from bot.models.chat import Chat, with_system
 from bot.models.runtime import ChatModel
-from tuning.gate import Metrics
 
 ACCURACY_F1 = 0.8
 TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
 CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One model's scores on an eval set (how each is computed: this module's docstring)."""
+
+    examples: int
+    accuracy: float
+    bleu4: float
+    rouge_l: float
+    latency_p50_s: float
+    latency_p99_s: float
+
+
+@dataclass(frozen=True)
+class Row:
+    """One eval row's answer, scored."""
+
+    correct: bool
+    # sacrebleu's counts for this row (hypothesis length, reference length, n-gram matches and totals for
+    # n = 1..4): summed over any set of rows they give that set's corpus BLEU-4 exactly (`corpus_bleu4`).
+    bleu_stats: tuple[int, ...]
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` measured of one model on one eval set."""
+
+    metrics: Metrics
+    samples: list[dict[str, str]]  # the first five answers beside their references
+    rows: list[Row]  # one per eval row, in the order of the chats
 
 
 def tokens(text: str) -> list[str]:
@@ -63,11 +97,19 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def bleu4(predictions: list[str], references: list[str]) -> float:
-    tokenize = "zh" if any(CJK.search(r) for r in references) else "13a"
-    return min(
-        1.0, sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize).score / 100
-    )  # float noise can pass 100
+def bleu_stats(predictions: list[str], references: list[str]) -> list[tuple[int, ...]]:
+    """Each row's BLEU counts (see `Row.bleu_stats`), tokenised alike for the whole set."""
+    # effective_order only changes sentence scores (and keeps sacrebleu from warning), not the counts
+    bleu = BLEU(tokenize="zh" if any(CJK.search(r) for r in references) else "13a", effective_order=True)
+    scores = (bleu.sentence_score(p, [r]) for p, r in zip(predictions, references, strict=True))
+    return [(s.sys_len, s.ref_len, *s.counts, *s.totals) for s in scores]
+
+
+def corpus_bleu4(stats: Sequence[int]) -> float:
+    """Corpus BLEU-4 (0-1) from summed `bleu_stats`: what sacrebleu.corpus_bleu gives for those rows."""
+    sys_len, ref_len, counts, totals = stats[0], stats[1], stats[2:6], stats[6:10]
+    score = BLEU.compute_bleu(list(counts), list(totals), sys_len, ref_len, smooth_method="exp").score
+    return min(1.0, score / 100)  # float noise can pass 100
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -75,10 +117,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def evaluate(
-    model: ChatModel, chats: list[Chat], system_prompt: str, limit: int | None = None
-) -> tuple[Metrics, list[dict[str, str]]]:
-    """The metrics, and the first five answers beside their references."""
+def evaluate(model: ChatModel, chats: list[Chat], system_prompt: str, limit: int | None = None) -> Evaluation:
+    """The metrics, some samples and every row's result."""
     chats = chats[:limit] if limit else chats
     if not chats:
         raise ValueError("nothing to evaluate: the data has no examples")
@@ -89,10 +129,12 @@ def evaluate(
         predictions.append(model.generate(prompt))
         latencies.append(time.perf_counter() - began)
         references.append(chat[-1]["content"])
+    correct = list(map(is_correct, predictions, references))
+    stats = bleu_stats(predictions, references)
     metrics = Metrics(
         examples=len(chats),
-        accuracy=sum(map(is_correct, predictions, references)) / len(chats),
-        bleu4=bleu4(predictions, references),
+        accuracy=sum(correct) / len(chats),
+        bleu4=corpus_bleu4([sum(column) for column in zip(*stats, strict=True)]),
         rouge_l=statistics.fmean(map(rouge_l, predictions, references)),
         latency_p50_s=percentile(latencies, 0.50),
         latency_p99_s=percentile(latencies, 0.99),
@@ -101,12 +143,13 @@ def evaluate(
         {"question": c[-2]["content"] if len(c) > 1 else "", "reference": r, "answer": p}
         for c, r, p in list(zip(chats, references, predictions, strict=True))[:5]
     ]
-    return metrics, samples
+    rows = [Row(*row) for row in zip(correct, stats, latencies, strict=True)]
+    return Evaluation(metrics, samples, rows)
 
 
-def report(version: str, metrics: Metrics, samples: list[dict[str, str]]) -> dict[str, Any]:
+def report(version: str, evaluation: Evaluation) -> dict[str, Any]:
     """The JSON `tuning eval` prints and a manifest's `metrics` hold."""
-    return {"model_version": version, **asdict(metrics), "samples": samples}
+    return {"model_version": version, **asdict(evaluation.metrics), "samples": evaluation.samples}
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:

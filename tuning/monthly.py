@@ -23,11 +23,11 @@ from bot.models.chat import Chat, with_system
 from bot.models.export import export_onnx
 from bot.models.registry import HF_DIR, ONNX_DIR, Registry
 from bot.models.runtime import ChatModel, GenerationSettings
-from bot.store import Store, database_path
+from bot.store import Store, store_location
 from tuning import dataset
 from tuning.config import MONTHLY, TuneConfig
-from tuning.evaluate import evaluate, report
-from tuning.gate import Gate, Metrics
+from tuning.evaluate import Evaluation, evaluate, report
+from tuning.gate import Gate, write_report
 from tuning.train import fine_tune, require_base
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ class NothingToDo(Exception):
     pass
 
 
-class NoEvalRows(ValueError):
-    """No held-out rows to score on: evaluating on training rows would only measure memory."""
-
-
 @dataclass
 class RunOptions:
     config: TuneConfig = MONTHLY  # every tuning knob
@@ -48,6 +44,8 @@ class RunOptions:
     extra_files: list[Path] = field(default_factory=list)
     ab_share: float | None = None
     force: bool = False
+    database_url: str = ""  # BOT_DATABASE_URL; empty: the store is the SQLite file in the data directory
+    redis_url: str = ""  # BOT_REDIS_URL; set: the workers hear of a promotion or A/B start at once
 
 
 @contextmanager
@@ -72,7 +70,7 @@ def run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, An
 
 
 def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, Any]:
-    registry = Registry(data_dir)
+    registry = Registry(data_dir, options.redis_url)
     state = registry.state()
     if options.base is None and not state.current:
         raise NothingToDo("no production model yet: run `python -m tuning bootstrap` or pass --base")
@@ -81,7 +79,8 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     timings: dict[str, float] = {}
     began = time.perf_counter()
 
-    splits, card = dataset.build(database_path(data_dir), options.extra_files)
+    store = store_location(data_dir, options.database_url)
+    splits, card = dataset.build(store, options.extra_files)
     rated = [r for r in splits["train"] if r["source"] == "chats"]
     parent = registry.manifest(state.current) if state.current else {}
     new_hash = chats_hash(splits["train"])
@@ -90,16 +89,15 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
             "no new rated chats since the current version: nothing to tune "
             "(agents rate answers with reactions or /feedback; --force tunes anyway)"
         )
-    if not splits["eval"]:
-        raise NoEvalRows(
-            "the eval split is empty: add data (--data) so rows can be held out; not scoring on training rows"
-        )
+    cfg = options.config
+    gate = Gate.from_config(cfg)
+    eval_chats = [r["messages"] for r in splits["eval"]][: cfg.eval_limit or None]  # one list, both models
+    gate.require_rows(len(eval_chats))  # before training: too few rows and the gate would not decide
     timings["dataset_s"] = time.perf_counter() - began
 
     version, scratch = registry.start_version()
     data_hash = dataset.write(splits, card, scratch / "dataset")
     base = options.base or str(registry.hf_dir(registry.resolve("current")))
-    cfg = options.config
     chats = [
         with_system(system_prompt, r["messages"])
         for r in splits["train"]
@@ -115,14 +113,16 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    eval_chats = [r["messages"] for r in splits["eval"]]
-    metrics, metrics_report = _score(version, scratch / ONNX_DIR, eval_chats, system_prompt, cfg.eval_limit)
+    candidate, metrics_report = _score(version, scratch / ONNX_DIR, eval_chats, system_prompt)
     production, production_report = None, None
     if state.current:
         production, production_report = _score(
-            state.current, registry.onnx_dir(state.current), eval_chats, system_prompt, cfg.eval_limit
+            state.current, registry.onnx_dir(state.current), eval_chats, system_prompt
         )
     timings["evaluate_s"] = time.perf_counter() - t
+    production_rows = production.rows if production else None
+    decision = gate.decide(candidate.rows, production_rows)
+    write_report(scratch, decision, candidate.rows, production_rows)  # with the version: `replay` decides again
 
     registry.register(
         version,
@@ -130,6 +130,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
         {
             "parent": state.current,
             "base_model": str(options.base or parent.get("base_model", base)),
+            "tuned_from": options.base or state.current,  # what the adapter applies to: --base or a version
             "data_hash": data_hash,
             "chats_hash": new_hash,
             "data_card": card,
@@ -137,12 +138,12 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
             "config": asdict(cfg),
             "metrics": metrics_report,
             "production_metrics": production_report,
+            "gate": decision,
             "final_loss": losses[-1],
             "timings": timings,
         },
     )
-    gate = Gate.from_config(cfg).verdict(metrics, production)
-    reasons = list(gate)
+    reasons = list(decision["reasons"])
     now = registry.state().current
     if now != state.current:  # an operator promoted or rolled back while this run trained: theirs stands
         reasons.append(f"production changed from {state.current} to {now} during the run")
@@ -156,13 +157,14 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     else:
         registry.promote(version)
         outcome = f"promoted {version} to production"
-    asyncio.run(audit(data_dir, cli_actor(), "tuning_run", target=f"model:{version}", result=outcome))
+    asyncio.run(audit(store, cli_actor(), "tuning_run", target=f"model:{version}", result=outcome))
     return {
         "version": version,
         "outcome": outcome,
         "promoted": not reasons and not options.ab_share,
-        "gate_passed": not gate,
+        "gate_passed": decision["passed"],
         "refused": reasons,
+        "gate": decision,
         "metrics": metrics_report,
         "production_metrics": production_report,
         "data": card,
@@ -170,16 +172,15 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     }
 
 
-def _score(
-    version: str, onnx_dir: Path, chats: list[Chat], system_prompt: str, limit: int | None
-) -> tuple[Metrics, dict[str, Any]]:
-    """A model's metrics, and the report (metrics and samples) a manifest keeps."""
-    metrics, samples = evaluate(ChatModel(version, onnx_dir, GenerationSettings()), chats, system_prompt, limit)
-    return metrics, report(version, metrics, samples)
+def _score(version: str, onnx_dir: Path, chats: list[Chat], system_prompt: str) -> tuple[Evaluation, dict[str, Any]]:
+    """A model's evaluation, and the report (metrics and samples) a manifest keeps."""
+    evaluation = evaluate(ChatModel(version, onnx_dir, GenerationSettings()), chats, system_prompt)
+    return evaluation, report(version, evaluation)
 
 
-async def audit(data_dir: Path, actor: str, action: str, target: str | None = None, **detail: Any) -> None:
-    store = await Store.open(database_path(data_dir))
+async def audit(location: Path | str, actor: str, action: str, target: str | None = None, **detail: Any) -> None:
+    """Append to the audit log of the store at `location` (see `bot.store.store_location`)."""
+    store = await Store.open(location)
     try:
         await store.audit(actor, action, target=target, **detail)
     finally:

@@ -21,6 +21,8 @@ from tuning.config import TuneConfig
 from tuning.formats import is_target
 
 log = logging.getLogger(__name__)
+# Beside HF_DIR in a LoRA tune's folder: the adapter alone, for servers that load it onto the base.
+ADAPTER_DIR = "adapter"
 IGNORE = -100
 END_OF_TURN = "<|im_end|>"  # ChatML's end of a message: the starter's and Qwen's templates
 
@@ -192,7 +194,8 @@ def load_base(base: str | Path) -> tuple[Any, Any]:
 
 def fine_tune(base: str | Path, chats: list[Chat], out_dir: Path, cfg: TuneConfig, resume: bool = False) -> list[float]:
     """LoRA (merged afterwards) or full fine-tune of `base`, as `cfg.method` says; the result is saved
-    as a plain model in `out_dir`, so the next month's tune can start from it."""
+    as a plain model in `out_dir`, so the next month's tune can start from it. A LoRA tune also keeps
+    its adapter alone (`ADAPTER_DIR`)."""
     if cfg.method not in {"lora", "full"}:
         raise ValueError(f"unknown method {cfg.method!r}: use lora or full")
     tokenizer, model = load_base(base)
@@ -212,6 +215,7 @@ def fine_tune(base: str | Path, chats: list[Chat], out_dir: Path, cfg: TuneConfi
     out_dir.mkdir(parents=True, exist_ok=True)
     losses = train(model, tokenizer, chats, cfg, out_dir=out_dir, resume=resume)
     if cfg.method == "lora":
+        model.save_pretrained(out_dir / ADAPTER_DIR)
         model = model.merge_and_unload()
     model.to("cpu").save_pretrained(out_dir / HF_DIR)
     tokenizer.save_pretrained(out_dir / HF_DIR)

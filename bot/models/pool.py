@@ -115,6 +115,27 @@ class ModelPool:
         model = self.candidate if variant == "candidate" else self.current
         return model.version if model else ""
 
+    def model_for(self, version: str) -> ChatModel:
+        """The loaded model of `version`, else the current one (a hot swap may have retired `version`)."""
+        if self.candidate and self.candidate.version == version:
+            return self.candidate
+        if self.current is None:
+            raise ModelUnavailable("no model loaded")
+        return self.current
+
+    def variant_of(self, version: str) -> str:
+        """The A/B variant whose model is `version`: the candidate's, else the current one's."""
+        return "candidate" if self.candidate and self.candidate.version == version else "current"
+
+    @property
+    def versions(self) -> set[str]:
+        return {m.version for m in (self.current, self.candidate) if m}
+
+    @property
+    def in_flight(self) -> int:
+        """Answers generating or waiting for a slot."""
+        return self._in_flight
+
     def pick(self, user_key: str) -> tuple[str, ChatModel]:
         """A/B split, sticky per user: the same user always lands in the same bucket."""
         if self.current is None:
@@ -125,26 +146,35 @@ class ModelPool:
                 return "candidate", self.candidate
         return "current", self.current
 
-    async def generate(self, model: ChatModel, messages: list[dict[str, str]], on_text: OnText | None = None) -> str:
+    async def generate(
+        self,
+        model: ChatModel,
+        messages: list[dict[str, str]],
+        on_text: OnText | None = None,
+        max_time: float | None = None,
+    ) -> str:
         """The answer; ModelBusy when the queue is full or the wait too long, TimeoutError past the deadline.
-        `on_text` (called from the model's thread) sees the answer as it grows (ChatModel.generate)."""
+        `on_text` (called from the model's thread) sees the answer as it grows (ChatModel.generate).
+        `max_time` (default: the timeout) bounds the wait for a slot and, from its start, the generation."""
+        limit = self.timeout_s if max_time is None else max_time
         if self._in_flight >= self._capacity:
             raise ModelBusy(f"{self._in_flight} answers are generating or waiting already")
         self._in_flight += 1
         try:
-            with WAITING.track_inprogress():
-                await asyncio.wait_for(self._slots.acquire(), timeout=self.timeout_s)
+            if self._slots.locked():
+                with WAITING.track_inprogress():
+                    await asyncio.wait_for(self._slots.acquire(), timeout=limit)
+            else:  # a free slot is taken however little time is left: generation then stops at the limit
+                await self._slots.acquire()
         except asyncio.TimeoutError:
             self._in_flight -= 1
-            raise ModelBusy(f"no model slot free within {self.timeout_s} s") from None
+            raise ModelBusy(f"no model slot free within {limit:.3g} s") from None
         try:
             began = time.perf_counter()
             # max_time makes generate itself stop near the deadline, so a slow answer frees its thread.
-            job = asyncio.get_running_loop().run_in_executor(
-                self._executor, model.generate, messages, self.timeout_s, on_text
-            )
-            answer = await asyncio.wait_for(job, timeout=self.timeout_s + 1.0)
-            if time.perf_counter() - began > self.timeout_s:
+            job = asyncio.get_running_loop().run_in_executor(self._executor, model.generate, messages, limit, on_text)
+            answer = await asyncio.wait_for(job, timeout=limit + 1.0)
+            if time.perf_counter() - began > limit:
                 raise asyncio.TimeoutError
             return answer
         finally:

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bot.shared import publish_registry_change
+
 STATE = "state.json"
 MANIFEST = "manifest.json"
 VERSION_NAME = re.compile(r"v\d{4,}")  # what start_version names: never a path
@@ -37,8 +39,10 @@ class State:
 
 
 class Registry:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, redis_url: str = "") -> None:
+        """With `redis_url` (BOT_REDIS_URL), every change of the state is also announced to the workers."""
         self.root = Path(data_dir) / "models"
+        self.redis_url = redis_url
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -142,6 +146,8 @@ class Registry:
     def _save(self, state: State) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.root / STATE, json.dumps(state.__dict__, indent=2))
+        if self.redis_url:  # the workers would find it by polling; a notice has them swap at once
+            publish_registry_change(self.redis_url, self.root.parent)
 
 
 def _atomic_write(path: Path, text: str) -> None:

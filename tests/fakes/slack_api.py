@@ -1,5 +1,5 @@
 """A fake Slack Web API on 127.0.0.1: answers auth.test, records chat.postMessage, and can answer
-the next posts with 429 + Retry-After or refuse channels the bot is not in."""
+the next posts with 429 + Retry-After, refuse channels the bot is not in, or never answer posts."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ class FakeSlackApi:
         self.rate_limited = 0  # posts answered with 429 so far
         self.not_in_channels: set[str] = set()
         self._limit_next = 0
+        self.hang_posts = False  # chat.postMessage calls wait until the fake stops (a bot stuck mid-answer)
+        self.hung = 0  # posts left waiting so far
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -81,6 +83,9 @@ class FakeSlackApi:
                     "bot_id": "BBOT",
                 }
             )
+        if method == "chat.postMessage" and self.hang_posts:
+            self.hung += 1
+            await asyncio.Event().wait()
         if method == "chat.postMessage":
             return self._post(args)
         if method == "chat.update":
