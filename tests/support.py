@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import redis
@@ -85,3 +87,40 @@ def redis_answers() -> bool:
             return bool(client.ping())
     except (redis.RedisError, OSError):
         return False
+
+
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 to the server of `url` (Redis, PostgreSQL) that can be cut, as if the
+    server went away, and started again on the same port, as if it came back."""
+
+    def __init__(self, url: str) -> None:
+        self.target = urlsplit(url)
+        self.writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def start(self) -> str:
+        """Listen (on the port of the first start, when started again); `url` pointing at the relay."""
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(self.target.hostname, self.target.port)
+            self.writers += [writer, up_writer]
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+        self.server = await asyncio.start_server(relay, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+        userinfo = self.target.netloc.rpartition("@")[0]
+        address = f"127.0.0.1:{self.port}"
+        return self.target._replace(netloc=f"{userinfo}@{address}" if userinfo else address).geturl()
+
+    def cut(self) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
@@ -23,7 +22,8 @@ from bot.models.registry import MANIFEST, Registry
 from bot.models.runtime import GenerationSettings
 from bot.server import RunningServer
 from tests.fakes.openai_server import FakeModelServer
-from tests.support import ORDER_A, ORDER_Q, auth, make_settings, post
+from tests.support import ORDER_A, ORDER_Q, make_settings, post
+from tests.test_streaming import sse_chat
 
 VERSION = "v0001"  # the starter model's version: what the A/B pick wants
 PROMPT = [{"role": "user", "content": ORDER_Q}]
@@ -282,18 +282,7 @@ async def test_the_bot_answers_while_one_server_is_slow_one_failing_one_healthy(
 
 async def sse_answer(server: RunningServer) -> dict[str, Any]:
     """One answer over POST /chat with stream=true: its partials grow and end in the final answer."""
-    body = {"conversation_id": "streamed", "user_id": "u1", "text": ORDER_Q, "stream": True}
-    events: list[tuple[str, dict[str, Any]]] = []
-    async with aiohttp.ClientSession() as http:
-        url = f"http://127.0.0.1:{server.port}/chat"
-        async with http.post(url, data=json.dumps(body), headers=auth()) as response:
-            name = ""
-            async for raw in response.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    name = line[len("event: ") :]
-                elif line.startswith("data: "):
-                    events.append((name, json.loads(line[len("data: ") :])))
+    events = await sse_chat(server, ORDER_Q, conversation="streamed")
     partials = [data["text"] for name, data in events if name == "partial"]
     [final] = [data for name, data in events if name == "answer"]
     assert partials and all(final["answer"].startswith(p) for p in partials)

@@ -79,3 +79,47 @@ def test_bot_chat_in_the_terminal(data_dir: Path, tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0 and f"bot> {ORDER_A}" in result.stdout
+
+
+def test_bot_run_workers_serves_one_address_from_several_processes(data_dir: Path, tmp_path: Path, pg_url: str) -> None:
+    alone = subprocess.run(
+        [sys.executable, "-m", "bot", "run", "--workers", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env_for(data_dir),
+        timeout=120,
+    )
+    assert alone.returncode != 0
+    assert alone.stderr.strip().splitlines()[-1] == (
+        "config error: --workers: several workers share one database; set BOT_DATABASE_URL"
+    )
+
+    port, log = free_port(), tmp_path / "workers.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "run", "--workers", "2"],
+            cwd=tmp_path,
+            env=env_for(data_dir, BOT_HTTP_PORT=str(port), BOT_DATABASE_URL=pg_url),
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text().count(f"listening on http://127.0.0.1:{port}") < 2:  # both hold the address
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        replies = {
+            http_json(f"http://127.0.0.1:{port}/chat", {"conversation_id": f"c{i}", "user_id": "u", "text": ORDER_Q})[
+                "answer"
+            ]
+            for i in range(6)
+        }
+        assert replies == {ORDER_A}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, log.read_text()
+    assert all(not Path(f"/proc/{worker}").exists() for worker in workers)

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -29,7 +28,7 @@ from bot.models.registry import MANIFEST, Registry
 from bot.service import ChannelService
 from bot.shared import REGISTRY_CHANNEL, SharedState, namespace
 from bot.store import Store, database_path
-from tests.support import ORDER_Q, free_port, make_settings, post, redis_answers
+from tests.support import ORDER_Q, TcpRelay, free_port, make_settings, post, redis_answers
 from tests.support import REDIS_URL as URL
 
 pytestmark = pytest.mark.skipif(not redis_answers(), reason=f"no Redis answers at {URL} (set BOT_TEST_REDIS_URL)")
@@ -165,38 +164,6 @@ def test_a_promotion_stands_when_redis_is_unreachable(tmp_path: Path, caplog: py
     assert "they poll for it" in caplog.text
 
 
-class Proxy:
-    """A TCP relay to the test Redis that can be cut, as if Redis went away."""
-
-    def __init__(self) -> None:
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        target = urlsplit(URL)
-
-        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port or 6379)
-            self.writers += [writer, up_writer]
-
-            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-                dst.close()
-
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
-
-        self.server = await asyncio.start_server(relay, "127.0.0.1", 0)
-        userinfo = target.netloc.rpartition("@")[0]
-        address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return target._replace(netloc=f"{userinfo}@{address}" if userinfo else address).geturl()
-
-    def cut(self) -> None:
-        self.server.close()
-        for writer in self.writers:
-            writer.close()
-
-
 def errors_counted() -> float:
     return sum(REGISTRY.get_sample_value("bot_redis_errors_total", {"use": use}) or 0 for use in USES)
 
@@ -204,7 +171,7 @@ def errors_counted() -> float:
 async def test_redis_going_away_never_fails_a_customer(
     connect: Connect, store: CountingStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    proxy = Proxy()
+    proxy = TcpRelay(URL)
     shared = await connect(await proxy.start())
     cache, limits = AnswerCache(10, 60, shared), UserLimits(1, 60, 1, 60, shared)
     channel = service(store, shared, tmp_path)

@@ -54,6 +54,19 @@ def envelope(event: dict[str, Any], event_id: str) -> dict[str, Any]:
     }
 
 
+def signed(body: str, age_s: float = 0, retry: int | None = None) -> dict[str, str]:
+    """The headers Slack sends with `body`: a JSON body signed `age_s` ago; `retry`: its Nth redelivery."""
+    timestamp = str(int(time.time() - age_s))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": timestamp,
+        "X-Slack-Signature": SignatureVerifier(SECRET).generate_signature(timestamp=timestamp, body=body),
+    }
+    if retry:
+        headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+    return headers
+
+
 class Slack:
     """The bot's server with Slack turned on, and a way to send it events as Slack does."""
 
@@ -96,15 +109,9 @@ class Slack:
         content_type: str = "application/json",
     ) -> tuple[int, str]:
         assert self.server
-        timestamp = str(int(time.time() - age_s))
-        headers = {
-            "Content-Type": content_type,
-            "X-Slack-Request-Timestamp": timestamp,
-            "X-Slack-Signature": signature
-            or SignatureVerifier(SECRET).generate_signature(timestamp=timestamp, body=body),
-        }
-        if retry:
-            headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+        headers = signed(body, age_s, retry) | {"Content-Type": content_type}
+        if signature:
+            headers["X-Slack-Signature"] = signature
         url = f"http://127.0.0.1:{self.server.port}/slack/events"
         async with self.http.post(url, data=body.encode(), headers=headers) as response:
             return response.status, await response.text()

@@ -23,9 +23,9 @@ ANSWER = (
 )
 
 
-async def sse_chat(server: RunningServer, text: str) -> list[tuple[str, dict[str, Any]]]:
+async def sse_chat(server: RunningServer, text: str, conversation: str = "c1") -> list[tuple[str, dict[str, Any]]]:
     """POST /chat with stream=true; the events, in order."""
-    body = {"conversation_id": "c1", "user_id": "u1", "text": text, "stream": True}
+    body = {"conversation_id": conversation, "user_id": "u1", "text": text, "stream": True}
     events: list[tuple[str, dict[str, Any]]] = []
     async with aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{server.port}/chat"

@@ -18,14 +18,13 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
-from slack_sdk.signature import SignatureVerifier
 
 from bot.models.registry import Registry
 from bot.shared import namespace
 from tests.fakes.slack_api import FakeSlackApi
 from tests.support import ORDER_A, ORDER_Q, free_port
 from tests.test_cli import env_for
-from tests.test_slack import CUSTOMER, DM, SECRET, TOKEN, envelope
+from tests.test_slack import CUSTOMER, DM, SECRET, TOKEN, envelope, signed
 
 LEASE_S = 3.0  # short, so a killed worker's event moves on quickly; longer than the model deadline below
 
@@ -55,14 +54,9 @@ class Worker:
             return await response.json()
 
     async def slack_event(self, http: aiohttp.ClientSession, body: str) -> None:
-        stamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "X-Slack-Request-Timestamp": stamp,
-            "X-Slack-Signature": SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body),
-        }
-        async with http.post(f"http://127.0.0.1:{self.port}/slack/events", data=body.encode(), headers=headers) as r:
-            assert r.status == 200, await r.text()
+        url = f"http://127.0.0.1:{self.port}/slack/events"
+        async with http.post(url, data=body.encode(), headers=signed(body)) as response:
+            assert response.status == 200, await response.text()
 
     async def healthy(self, http: aiohttp.ClientSession, seconds: float = 120) -> None:
         deadline = time.monotonic() + seconds
