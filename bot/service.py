@@ -156,9 +156,6 @@ class ChannelService:
         """Count a failed attempt; the attempts so far and whether the event is now a dead letter."""
         return await self._store.inbox_failed(self.channel, key, error, max_attempts)
 
-    async def pending(self) -> list[tuple[str, dict[str, Any]]]:
-        return await self._store.inbox_pending(self.channel)
-
     async def take(self, key: str) -> bool:
         """Lease a recorded event to this worker for BOT_INBOX_LEASE_S; False when it is finished or another
         worker holds it (several workers share the inbox: each event is answered by one)."""

@@ -17,7 +17,7 @@ from adapters.base import ChatChannel, Place
 from bot.app import Bot, build_bot
 from bot.message import UserMessage
 from bot.service import ChannelService
-from bot.store import StoredTurn, database_path
+from bot.store import Store, StoredTurn, database_path
 from tests.support import ORDER_A, ORDER_Q, make_settings
 
 LIMIT = 40
@@ -75,9 +75,9 @@ async def bot(data_dir: Path) -> AsyncIterator[Bot]:
     await running.close()
 
 
-async def settle(channel: FakeChannel, service: ChannelService) -> None:
+async def settle(channel: FakeChannel, store: Store) -> None:
     for _ in range(500):
-        if not await service.pending() and not channel._tasks:
+        if not await store.inbox_pending(channel.name) and not channel._tasks:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("events still pending")
@@ -89,7 +89,7 @@ async def test_events_left_by_a_crash_are_replayed_in_order(bot: Bot) -> None:
         assert await service.record(str(n), {"n": n, "conversation": "c"})
     channel = FakeChannel(service)
     await channel.start()
-    await settle(channel, service)
+    await settle(channel, bot.store)
     assert channel.handled == [1, 2, 3]
     await channel.stop()
     again = FakeChannel(service)
@@ -103,7 +103,7 @@ async def failing(bot: Bot, monkeypatch: pytest.MonkeyPatch, times: int) -> Fake
     service = ChannelService(bot, "fake")
     channel = FakeChannel(service, failures={9: times})
     await channel.receive("9", {"n": 9, "conversation": "c"})
-    await settle(channel, service)
+    await settle(channel, bot.store)
     await channel.stop()
     return channel
 
@@ -131,7 +131,7 @@ async def test_one_conversation_is_handled_in_order_others_in_parallel(bot: Bot)
     await channel.receive("1", {"n": 1, "conversation": "a"})
     await channel.receive("2", {"n": 2, "conversation": "b"})
     await channel.receive("3", {"n": 3, "conversation": "a"})
-    await settle(channel, service)
+    await settle(channel, bot.store)
     # b did not wait for a; a's second event waited for its first, though that one was slow.
     assert channel.finished == [2, 1, 3]
     await channel.stop()
@@ -143,7 +143,7 @@ async def test_a_quick_second_question_sees_the_first_as_context(bot: Bot) -> No
     channel.slow = {1}
     await channel.receive("1", {"n": 1, "conversation": "c", "text": ORDER_Q})
     await channel.receive("2", {"n": 2, "conversation": "c", "text": ORDER_Q})
-    await settle(channel, service)
+    await settle(channel, bot.store)
     first, second = [t for t in await bot.store.turns() if t.channel == "fake"]
     assert (first.message_id, second.message_id) == ("m1", "m2")
     assert not first.cached and not second.cached  # the second had the first as context
@@ -168,9 +168,9 @@ async def test_a_replayed_message_never_sends_its_answer_twice(bot: Bot) -> None
     channel = FakeChannel(service)
     message = UserMessage("fake", "c", "u1", "m1", ORDER_Q)
     first = await channel.answer(message, Place("c"), "a customer", mirror=True)
-    await settle(channel, service)
+    await settle(channel, bot.store)
     again = await channel.answer(message, Place("c"), "a customer", mirror=True)  # the platform delivered it again
-    await settle(channel, service)
+    await settle(channel, bot.store)
     assert again.duplicate and again.turn_id == first.turn_id
     assert [t for p, t in channel.posts if p.chat_id == "c"] == [ORDER_A]
     mirrored = " ".join(t for p, t in channel.posts if p.chat_id == "agents")  # split at 40 characters
@@ -214,7 +214,7 @@ async def test_finished_events_keep_no_payload_and_are_pruned(bot: Bot, monkeypa
     service = ChannelService(bot, "fake")
     channel = FakeChannel(service)
     await channel.receive("1", {"n": 1, "conversation": "c", "text": "我的手机13812345678,订单什么时候到?"})
-    await settle(channel, service)
+    await settle(channel, bot.store)
     await channel.stop()
     with sqlite3.connect(database_path(bot.settings.data_dir)) as db:
         assert db.execute("SELECT payload FROM inbox WHERE channel='fake'").fetchall() == [("{}",)]
