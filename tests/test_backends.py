@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from bot.__main__ import start
 from bot.config import BackendSpec, BotSettings, ConfigError, load, parse_model_backends
+from bot.models import backends
 from bot.models.backends import FAILURES_TO_OPEN, BackendFailed, Balancer, RemoteBackend
 from bot.models.registry import MANIFEST, Registry
 from bot.models.runtime import GenerationSettings
@@ -171,6 +172,7 @@ async def test_a_failing_server_opens_its_circuit_and_a_probe_closes_it(fake: Ma
         ("rate_limit", "rate_limited"),
         ("malformed", "malformed"),
         ("truncated", "truncated"),
+        ("interrupted", "truncated"),
         ("hang", "timeout"),
         ("wrong_model", "unknown_model"),
         ("stopped", "refused"),
@@ -359,3 +361,25 @@ async def test_an_answer_is_stored_with_the_version_that_made_it(fake: MakeServe
         await server.stop()
     assert picked == ["v0002"] and reply["answer"] == ORDER_A and reply["model_version"] == VERSION
     assert stored is not None and (stored.model_version, stored.variant) == (VERSION, "current")
+
+
+async def test_a_probe_that_waits_behind_answers_leaves_the_circuit_closed(
+    fake: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some servers (llama.cpp's) list their models only between answers: a probe timing out while the
+    server answers says nothing about its health; with nothing in flight, it does."""
+    monkeypatch.setattr(backends, "PROBE_TIMEOUT_S", 0.2)
+    server = await fake("busy")
+    backend = remote("busy", server)
+    try:
+        await backend.probe()
+        assert not backend.open
+        server.mode = "hang"
+        backend.in_flight = 1
+        await backend.probe()
+        assert not backend.open
+        backend.in_flight = 0
+        await backend.probe()
+        assert backend.open
+    finally:
+        await backend.close()

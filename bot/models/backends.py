@@ -136,6 +136,8 @@ class RemoteBackend:
             response.raise_for_status()
             versions = {str(model["id"]) for model in response.json()["data"]}
         except (httpx.HTTPError, asyncio.TimeoutError, ValueError, LookupError, TypeError) as exc:
+            if self.in_flight and isinstance(exc, asyncio.TimeoutError):
+                return  # busy answering (llama.cpp's server lists its models only between answers): they tell
             if not self.open:
                 log.warning("model backend %s is down (%s): circuit open", self.name, str(exc) or type(exc).__name__)
             self.open = True
@@ -207,8 +209,8 @@ class RemoteBackend:
                 if not line.startswith("data:"):
                     continue  # blank separators, comments (keep-alives), event names
                 data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    return
+                if data == "[DONE]":  # some servers (llama.cpp's, when interrupted) send it without finishing
+                    break
                 content, finished = _chunk(data, version)
                 if content:
                     yield content

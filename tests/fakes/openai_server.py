@@ -16,9 +16,10 @@ from aiohttp import web
 from tests.fakes import serve_on_loopback
 
 # ok | fail (500, models too) | rate_limit (429 + Retry-After) | malformed (a chunk that is not JSON)
-# | truncated (the stream stops halfway, no finish_reason, no [DONE]) | hang (never answers, models too)
-# | wrong_model (chunks name another model)
-MODES = ("ok", "fail", "rate_limit", "malformed", "truncated", "hang", "wrong_model")
+# | truncated (the stream stops halfway, no finish_reason, no [DONE]) | interrupted (halfway, then [DONE]
+# without a finish_reason, as llama.cpp's server ends an answer a new request cut short) | hang (never
+# answers, models too) | wrong_model (chunks name another model)
+MODES = ("ok", "fail", "rate_limit", "malformed", "truncated", "interrupted", "hang", "wrong_model")
 
 
 class FakeModelServer:
@@ -81,7 +82,7 @@ class FakeModelServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         words = re.findall(r"\S+\s*", self.answer)
-        if self.mode == "truncated":
+        if self.mode in ("truncated", "interrupted"):
             words = words[: len(words) // 2]
         chunks = [{"role": "assistant", "content": ""}] + [{"content": w} for w in words]
         for i, delta in enumerate(chunks):
@@ -90,8 +91,10 @@ class FakeModelServer:
                 return response
             await response.write(self._chunk(delta))
             await asyncio.sleep(self.chunk_delay)
-        if self.mode != "truncated":
+        if self.mode == "ok":
             await response.write(self._chunk({}, finish_reason="stop") + b"data: [DONE]\n\n")
+        elif self.mode == "interrupted":
+            await response.write(b"data: [DONE]\n\n")
         return response
 
     def _chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
