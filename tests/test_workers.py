@@ -19,13 +19,20 @@ import aiohttp
 import pytest
 import redis
 
+from adapters import telegram
+from bot.__main__ import start
+from bot.config import TelegramSettings
 from bot.models.registry import Registry
 from bot.shared import namespace
 from tests.fakes.slack_api import FakeSlackApi
-from tests.support import ORDER_A, ORDER_Q, free_port
+from tests.fakes.telegram_api import TOKEN as TELEGRAM_TOKEN
+from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.telegram_api import message as telegram_message
+from tests.support import ORDER_A, ORDER_Q, free_port, make_settings
 from tests.test_cli import env_for
 from tests.test_slack import CUSTOMER, DM, SECRET, TOKEN, envelope, signed
 
+CUSTOMER_ID = 1001
 LEASE_S = 3.0  # short, so a killed worker's event moves on quickly; longer than the model deadline below
 
 
@@ -159,3 +166,27 @@ async def test_an_event_of_a_killed_worker_is_answered_once_by_the_other(workers
         await asyncio.sleep(LEASE_S * 1.5)  # further sweeps must not answer it again
     assert [p.text for p in b.slack.posts] == [ORDER_A] and a.slack.posts == []
     assert waited < LEASE_S * 3  # taken over once the lease ran out, not much later
+
+
+async def test_one_worker_at_a_time_polls_telegram_and_another_takes_over_when_it_stops(
+    data_dir: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram, "POLL_LEASE_S", 3.0)  # the fake's long polls last 1 s at most
+    fake = FakeTelegram()
+    await fake.start()
+    tg = TelegramSettings(_env_file=None, bot_token=TELEGRAM_TOKEN, api_base=fake.url)
+    first, second = [
+        await start(make_settings(data_dir, database_url=pg_url, worker_id=name), {"telegram": tg})
+        for name in ("w1", "w2")
+    ]
+    try:
+        await fake.push(telegram_message(CUSTOMER_ID, ORDER_Q))
+        await fake.wait_sent(1)
+        await first.stop()  # lets go of the polling lease: the other worker polls next
+        await fake.push(telegram_message(CUSTOMER_ID, "退货要多久?"))
+        await fake.wait_sent(2, timeout=10)
+    finally:
+        await second.stop()
+        await fake.stop()
+    assert fake.conflicts == 0  # never two getUpdates at once
+    assert [s.text for s in fake.sent][0] == ORDER_A and len(fake.sent) == 2

@@ -46,6 +46,8 @@ class FakeTelegram:
         self.flood = 0  # answer this many next sendMessage calls with 429
         self.hold_sends = False  # sendMessage never answers while set (the bot is killed meanwhile)
         self.held = 0
+        self.polling = 0  # getUpdates calls waiting now (Telegram allows one: a second gets 409 Conflict)
+        self.conflicts = 0
         self._closing = False
         self._ids = itertools.count(1)
         self._message_ids = itertools.count(1000)
@@ -117,6 +119,16 @@ class FakeTelegram:
         return _ok({"id": BOT_ID, "is_bot": True, "first_name": "Shop", "username": BOT_USERNAME})
 
     async def _getupdates(self, fields: dict[str, Any]) -> web.Response:
+        if self.polling:
+            self.conflicts += 1
+            return _error(409, "Conflict: terminated by other getUpdates request")
+        self.polling += 1
+        try:
+            return await self._poll(fields)
+        finally:
+            self.polling -= 1
+
+    async def _poll(self, fields: dict[str, Any]) -> web.Response:
         offset = int(fields.get("offset", 0))
         if offset:  # everything below the offset is confirmed: Telegram forgets it
             self.confirmed = max(self.confirmed, offset)
