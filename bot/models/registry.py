@@ -7,10 +7,13 @@ and state.json is replaced atomically, so an interrupted run never leaves a half
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 from bot.shared import publish_registry_change
 
 STATE = "state.json"
+LOCK = "state.lock"  # held while state.json is read, changed and written (see Registry._changing)
 MANIFEST = "manifest.json"
 VERSION_NAME = re.compile(r"v\d{4,}")  # what start_version names: never a path
 # Inside a version folder: the merged PyTorch weights (what the next tune starts from) and their ONNX build.
@@ -116,21 +120,19 @@ class Registry:
 
     def promote(self, version: str) -> State:
         self.path(version)
-        state = self.state()
-        if state.current and state.current != version:
-            state.history.append(state.current)
-        state.current = version
-        if state.candidate == version:
-            state.candidate, state.ab_share = None, 0.0
-        self._save(state)
+        with self._changing() as state:
+            if state.current and state.current != version:
+                state.history.append(state.current)
+            state.current = version
+            if state.candidate == version:
+                state.candidate, state.ab_share = None, 0.0
         return state
 
     def rollback(self) -> State:
-        state = self.state()
-        if not state.history:
-            raise RegistryError("nothing to roll back to: no earlier production version")
-        state.current = state.history.pop()
-        self._save(state)
+        with self._changing() as state:
+            if not state.history:
+                raise RegistryError("nothing to roll back to: no earlier production version")
+            state.current = state.history.pop()
         return state
 
     def set_candidate(self, version: str | None, ab_share: float = 0.0) -> State:
@@ -138,14 +140,21 @@ class Registry:
             self.path(version)
         if not 0.0 <= ab_share <= 1.0:
             raise RegistryError(f"A/B share must be between 0 and 1, got {ab_share}")
-        state = self.state()
-        state.candidate, state.ab_share = version, ab_share if version else 0.0
-        self._save(state)
+        with self._changing() as state:
+            state.candidate, state.ab_share = version, ab_share if version else 0.0
         return state
 
-    def _save(self, state: State) -> None:
+    @contextmanager
+    def _changing(self) -> Iterator[State]:
+        """The state to change, saved at the end unless the block raises. Writers (the admin API of
+        every worker, the tuning commands) take turns on a file lock, so none overwrites another's
+        change with a state it read before that change."""
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.root / STATE, json.dumps(state.__dict__, indent=2))
+        with open(self.root / LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write: milliseconds
+            state = self.state()
+            yield state
+            _atomic_write(self.root / STATE, json.dumps(state.__dict__, indent=2))
         if self.redis_url:  # the workers would find it by polling; a notice has them swap at once
             publish_registry_change(self.redis_url, self.root.parent)
 
