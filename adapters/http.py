@@ -235,6 +235,9 @@ class Health(BaseModel):
     model_version: str
     candidate: str | None
     ab_share: float
+    load_error: str | None = Field(
+        description="why the registry's newest versions could not be loaded (the ones above still serve; tried again every minute)"
+    )
     cache: CacheStats
 
 

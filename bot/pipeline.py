@@ -31,7 +31,7 @@ from bot.limits import UserLimits
 from bot.message import BotReply, UserMessage, pick_language, strip_control_tokens
 from bot.models.backends import Balancer, Generated
 from bot.models.chat import with_system
-from bot.models.pool import ModelBusy, ModelPool
+from bot.models.pool import RETRY_LOAD_S, ModelBusy, ModelPool
 from bot.models.runtime import ChatModel
 from bot.privacy import PLACEHOLDERS, mask_personal_data
 from bot.shared import SharedState
@@ -529,5 +529,7 @@ class DialogueManager:
                 )
         except Exception:
             log.exception(
-                "could not load the registry's new model; still serving %s", self.deps.models.version_of("current")
+                "could not load the registry's new model; still serving %s, trying again in %.0f s",
+                self.deps.models.version_of("current"),
+                RETRY_LOAD_S,
             )

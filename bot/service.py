@@ -198,5 +198,6 @@ class ChannelService:
             "model_version": models.version_of("current"),
             "candidate": models.version_of("candidate") or None,
             "ab_share": models.ab_share,
+            "load_error": models.load_error,
             "cache": {"size": len(cache), "hits": cache.hits, "misses": cache.misses},
         }

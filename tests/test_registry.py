@@ -3,14 +3,21 @@ tuning commands): each change is made under one lock, so none is lost."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
+import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bot.models import pool
 from bot.models.registry import LOCK, MANIFEST, Registry, RegistryError
+from bot.server import RunningServer
+from tests.support import ORDER_A, ORDER_Q, get, post
 
 
 def registry_with(tmp_path: Path, *versions: str) -> Registry:
@@ -45,3 +52,35 @@ def test_a_refused_change_leaves_the_state_as_it_was(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback()
     assert registry.root.joinpath("state.json").read_text() == before
+
+
+async def test_a_version_that_fails_to_load_is_reported_retried_and_the_last_good_one_serves(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "RETRY_LOAD_S", 0.5)
+    registry = Registry(server.bot.settings.data_dir)
+    version, scratch = registry.start_version()
+    (scratch / "onnx").mkdir()
+    (scratch / "onnx" / "genai_config.json").write_text("{}")  # a build that cannot load
+    registry.register(version, scratch, {"parent": "v0001"})
+    registry.promote(version)
+
+    health = await healthy_when(server, lambda h: h["load_error"] is not None)
+    assert health["model_version"] == "v0001" and health["status"] == "ok"
+    status, reply = await post(server, "/chat", {"conversation_id": "c", "user_id": "u", "text": ORDER_Q})
+    assert (status, reply["answer"], reply["model_version"]) == (200, ORDER_A, "v0001")
+
+    broken = registry.onnx_dir(version)  # the operator repairs the build: the next try loads it
+    shutil.rmtree(broken)
+    shutil.copytree(registry.onnx_dir("v0001"), broken)
+    health = await healthy_when(server, lambda h: h["model_version"] == version)
+    assert health["load_error"] is None
+
+
+async def healthy_when(server: RunningServer, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    for _ in range(200):
+        status, health = await get(server, "/healthz")
+        if check(health):
+            return health
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/healthz never got there: {health}")

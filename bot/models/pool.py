@@ -18,6 +18,7 @@ from bot.models.registry import Registry
 from bot.models.runtime import ChatModel, GenerationSettings, OnText, load_model
 
 log = logging.getLogger(__name__)
+RETRY_LOAD_S = 60.0  # a registry state that failed to load is tried again this often
 WAITING = Gauge("bot_model_queue", "Answers waiting for a free model slot")
 
 
@@ -59,6 +60,11 @@ class ModelPool:
         self.candidate: ChatModel | None = None
         self.ab_share = 0.0
         self._stamp: float | None = None
+        # Why the registry's newest state could not be loaded (None: it serves what the registry says),
+        # and when that was: it is tried again after RETRY_LOAD_S, or at once when the registry changes.
+        self.load_error: str | None = None
+        self._failed_stamp: float | None = None
+        self._failed_at = 0.0
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="model")
         self._slots = asyncio.Semaphore(concurrency)
         self._capacity = concurrency + queue_limit  # answers generating plus answers waiting
@@ -71,7 +77,7 @@ class ModelPool:
             name = "external:" + Path(self.external_model).name
             self.current = self._warmed(load_model(self.external_model, name, self.cache_root, self.settings))
             return
-        self._stamp = self.registry.state_stamp()
+        stamp = self.registry.state_stamp()
         state = self.registry.state()
         if not state.current:
             raise ModelUnavailable("no current model version in the registry")
@@ -80,6 +86,7 @@ class ModelPool:
             self._load_version(state.candidate, self.candidate) if state.candidate and state.ab_share > 0 else None
         )
         self.ab_share = state.ab_share if self.candidate else 0.0
+        self._stamp, self.load_error = stamp, None
         log.info(
             "serving model %s%s",
             state.current,
@@ -101,15 +108,29 @@ class ModelPool:
         return self._warmed(ChatModel(version, folder, self.settings))
 
     async def refresh(self) -> bool:
-        """Reload if the registry changed since the last look; True when something changed."""
-        if self.external_model or self.registry.state_stamp() == self._stamp:
+        """Reload if the registry changed since the last look; True when something changed. A state that
+        failed to load keeps the models serving as they are, and is tried again after RETRY_LOAD_S."""
+        if self.external_model or not self._due():
             return False
         async with self._reload_lock:
-            if self.registry.state_stamp() == self._stamp:
+            if not self._due():
                 return False
             before = (self.version_of("current"), self.version_of("candidate"), self.ab_share)
-            await asyncio.get_running_loop().run_in_executor(None, self.load)
+            stamp = self.registry.state_stamp()
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.load)
+            except Exception as exc:
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                self._failed_stamp, self._failed_at = stamp, time.monotonic()
+                raise
             return before != (self.version_of("current"), self.version_of("candidate"), self.ab_share)
+
+    def _due(self) -> bool:
+        """Whether the registry's state is new since the last load (or the last failed one), or failed long enough ago."""
+        stamp = self.registry.state_stamp()
+        if stamp == self._stamp:
+            return False
+        return stamp != self._failed_stamp or time.monotonic() - self._failed_at >= RETRY_LOAD_S
 
     def version_of(self, variant: str) -> str:
         model = self.candidate if variant == "candidate" else self.current
