@@ -26,7 +26,10 @@ from tuning.bootstrap import bootstrap
 # What the starter model is built from: the data, the trainer with its presets, and the export.
 STARTER_INPUTS = [
     *sorted((ROOT / "data").rglob("*.*")),
-    *(ROOT / "tuning" / name for name in ("bootstrap.py", "train.py", "config.py", "formats.py")),
+    *(
+        ROOT / "tuning" / name
+        for name in ("bootstrap.py", "train.py", "config.py", "formats.py", "dataset.py", "split.py")
+    ),
     ROOT / "bot" / "models" / "export.py",
 ]
 

@@ -114,5 +114,5 @@ def test_the_same_rows_give_the_same_decision_and_the_stored_report_replays_it(t
 def test_a_run_with_too_few_eval_rows_refuses_before_training(data_dir: Path) -> None:
     result = tuning_cli(data_dir, "run", "--force", "--min-eval-rows", "1000")
     assert result.returncode == 3, result.stderr
-    assert "error: 41 eval rows: the gate needs at least 1000 (min_eval_rows" in result.stderr
+    assert "error: 92 eval rows: the gate needs at least 1000 (min_eval_rows" in result.stderr
     assert Registry(data_dir).versions() == ["v0001"] and not list(Registry(data_dir).root.glob("*.partial"))

@@ -4,6 +4,7 @@ the running bot serves the corrected answer from the promoted version, not from 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import pytest
 from bot.models.registry import Registry, RegistryError
 from bot.server import RunningServer
 from tests.test_http import ORDER_A, ORDER_Q, post
+from tuning import dataset, split
 from tuning.gate import replay
 
 FIXED = "订单发货后,物流单号会以短信发给您,也可在'我的订单'查看"
@@ -57,13 +59,20 @@ async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_di
     assert not any(r["messages"][-1]["content"] == ORDER_A and r["messages"][-2]["content"] == ORDER_Q for r in train)
     assert (tmp_path / "ds/hf/dataset_dict.json").exists()
 
-    result = await asyncio.to_thread(tuning_cli, data_dir, "run")
+    # Scored on held-out rows, the monthly tune of the tiny starter loses one or two of ~90 (0 won), which
+    # the default gate rightly refuses (tests/test_gate.py); this test is about the loop, so only latency gates.
+    wide_gate = ["--max-accuracy-drop", "1", "--max-bleu-drop", "1"]
+    result = await asyncio.to_thread(tuning_cli, data_dir, "run", *wide_gate)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["version"] == "v0002" and report["promoted"], report["outcome"]
     for key in ("accuracy", "bleu4", "rouge_l", "latency_p50_s", "latency_p99_s"):
         assert 0 <= report["metrics"][key] <= (1.5 if "latency" in key else 1)
-    assert report["metrics"]["accuracy"] >= 0.9 and report["metrics"]["bleu4"] > 0.35
+    # Scored on held-out rows only: both views, each model on the same rows.
+    views = report["metrics"]["views"]
+    assert set(views) == {"unseen_phrasings", "unseen_questions"} == set(report["production_metrics"]["views"])
+    assert sum(v["examples"] for v in views.values()) == report["metrics"]["examples"] == report["gate"]["rows"]
+    assert_scored_only_on_unseen_rows(Registry(data_dir), "v0002")
 
     for _ in range(100):  # the running bot follows the registry
         if server.bot.models.version_of("current") == "v0002":
@@ -80,7 +89,7 @@ async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_di
     }
     assert (await chat(server, "c6", "如何退换货?"))["answer"] == "7天内可无理由退货,请在APP提交申请并寄回商品"
 
-    again = await asyncio.to_thread(tuning_cli, data_dir, "run")
+    again = await asyncio.to_thread(tuning_cli, data_dir, "run", *wide_gate)
     assert again.returncode == 0 and "no new rated chats" in again.stdout
     assert Registry(data_dir).versions() == ["v0001", "v0002"]
 
@@ -94,15 +103,31 @@ async def test_rated_chats_tune_promote_and_serve(server: RunningServer, data_di
     assert "hot_swap" in audit  # the running bot recorded that it now serves the promoted version
 
 
+def assert_scored_only_on_unseen_rows(registry: Registry, version: str) -> None:
+    """No question of the rows `version` was scored on is in any file it or its ancestors trained on,
+    and each training file is the one its manifest's hash names."""
+    manifest = registry.manifest(version)
+    for name, digest in manifest["data_hashes"].items():
+        assert hashlib.sha256((registry.path(version) / name).read_bytes()).hexdigest() == digest
+    scored = dataset.load_split(registry.path(version) / "dataset", "eval")
+    kept = {split.question(r["messages"]) for r in split.load(registry.root, manifest["eval_set"]["file"]).rows}
+    assert scored and {split.question(r["messages"]) for r in scored} <= kept
+    assert not kept & split.trained_questions(registry, version)
+
+
 def test_eval_command_reports_metrics(data_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "qa.csv"
+    data = tmp_path / "qa.csv"  # held-out questions, one with a reference no model gives
     data.write_text(
-        f"instruction,response\n{ORDER_Q},{ORDER_A}\nHow do I reset my password?,nonsense reference\n", encoding="utf-8"
+        "instruction,response\n我的订单发货了吗?,您可通过订单号在'我的订单'页面查询物流信息\nWhere is my parcel now?,nonsense\n",
+        encoding="utf-8",
     )
     result = tuning_cli(data_dir, "eval", "--model", "current", "--data", str(data), "--out", str(tmp_path / "m.json"))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["examples"] == 2 and metrics["accuracy"] == 0.5 and 0 < metrics["bleu4"] < 1
+    assert metrics["examples"] == 2 and metrics["accuracy"] <= 0.5 and 0 <= metrics["bleu4"] < 1
+    assert metrics["views"] == {
+        "qa.csv": {k: v for k, v in metrics.items() if k not in {"model_version", "views", "samples"}}
+    }
 
 
 @pytest.mark.parametrize(
@@ -160,12 +185,13 @@ async def test_ab_test_is_sticky_per_user_and_reported(server: RunningServer, da
     assert all(len(versions) == 1 for versions in seen.values())  # sticky
     assert {v for versions in seen.values() for v in versions} == {"v0001", version}  # both served
     result = await asyncio.to_thread(tuning_cli, data_dir, "ab-report")
-    report = json.loads(result.stdout)
-    assert report["candidate"]["model_versions"] == [version] and report["current"]["model_versions"] == ["v0001"]
-    assert report["candidate"]["turns"] + report["current"]["turns"] == 48
-    assert report["candidate"]["thumbs_up_share"] == 1.0 and report["current"]["ratings"] == 0
-    low, high = report["candidate"]["thumbs_up_ci95"]
-    assert 0 < low < 1.0 and high == 1.0
+    report = json.loads(result.stdout)  # from the test's start (recorded by set_candidate): tests/test_ab_report.py
+    candidate, current = report["variants"]["candidate"], report["variants"]["current"]
+    assert candidate["model_versions"] == [version] and current["model_versions"] == ["v0001"]
+    assert candidate["turns"] + current["turns"] == 48
+    tested = sum(versions == {version} for versions in seen.values())
+    assert candidate["agent"] == {"ratings": 2 * tested, "users": tested, "thumbs_up_share": 1.0}
+    assert current["agent"]["ratings"] == 0 and report["decision"]["outcome"] == "keep testing"
 
 
 async def test_all_thumbs_down_is_nothing_to_tune(server: RunningServer, data_dir: Path) -> None:
@@ -240,13 +266,14 @@ def test_a_run_that_fails_the_gate_is_kept_as_candidate_and_exits_non_zero(data_
     result = tuning_cli(data_dir, "run", "--force", "--max-p99", "0.000001")  # no model answers that fast
     assert result.returncode == 1, result.stderr
     assert "not promoted: kept v0002 as candidate, not promoted: " in result.stderr
-    assert "p99 not measured (41 answers): P90 latency" in result.stderr  # the sample data holds out 41 rows
+    assert "p99 not measured (92 answers): P90 latency" in result.stderr  # the sample data holds out 92 rows
     report = json.loads(result.stdout)
     assert report["gate_passed"] is False and report["promoted"] is False
     registry = Registry(data_dir)  # the decision is stored with the version, and replays from it
     assert registry.manifest("v0002")["gate"] == report["gate"] == replay(registry.path("v0002") / "gate.json")
     state = registry.state()
     assert (state.current, state.candidate, state.ab_share) == ("v0001", "v0002", 0.0)  # `tuning ab` can start on it
+    assert_scored_only_on_unseen_rows(registry, "v0002")
 
 
 def test_a_run_never_promotes_over_an_operators_change_made_while_it_ran(data_dir: Path) -> None:

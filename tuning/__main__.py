@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--data", type=Path, nargs="*", default=[], help="extra data files to mix in")
     d.add_argument("--no-sample", action="store_true", help="leave the shipped sample data out")
+    d.add_argument(
+        "--exclude-rater",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="leave out this rater's ratings and corrections (ids as stored, e.g. telegram:42); repeatable or a,b",
+    )
 
     t = sub.add_parser("train", help="fine-tune a model on a dataset folder (from `dataset`)")
     t.add_argument("--data", type=Path, required=True, help="dataset folder")
@@ -61,9 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
     x.add_argument("--precision", choices=PRECISIONS, help="onnx: default int4 for pretrained-size models, else fp32")
 
-    e = sub.add_parser("eval", help="accuracy, BLEU-4, ROUGE-L and latency of a model on a data file")
+    e = sub.add_parser("eval", help="accuracy, BLEU-4, ROUGE-L and latency of a model, per eval view")
     e.add_argument("--model", default="current", help="current, candidate, a version or an ONNX folder")
-    e.add_argument("--data", type=Path, required=True)
+    e.add_argument(
+        "--data", type=Path, help="a data file (default: the version's eval set); refused if the version trained on it"
+    )
     e.add_argument("--out", type=Path, help="write the JSON here too")
     e.add_argument("--limit", type=int)
 
@@ -74,11 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("ab", help="serve a candidate to a share of users (0 ends the test)")
     ab.add_argument("version")
     ab.add_argument("--share", type=float, required=True)
-    sub.add_parser("ab-report", help="ratings and latency per A/B variant")
+    ar = sub.add_parser(
+        "ab-report", help="per A/B variant: agents' and customers' ratings per user, latency; the difference, decided"
+    )
+    ar.add_argument("--since", help="count answers from this ISO time (default: when the running test started)")
 
     r = sub.add_parser("run", help="the monthly job: dataset, train, export, evaluate, register, promote")
     r.add_argument("--base", help="start from this model instead of production (hub id, folder or .gguf)")
     r.add_argument("--data", type=Path, nargs="*", default=[], help="extra data files to mix in")
+    r.add_argument("--eval", type=Path, help="score on this file instead of the eval set (refused if trained on)")
     r.add_argument("--ab", type=float, help="A/B test the result on this share of users instead of promoting")
     _training_args(r)
     r.add_argument("--precision", choices=PRECISIONS, help="of the served build (default: by model size)")
@@ -142,23 +155,36 @@ def cmd_dataset(args: argparse.Namespace, settings: BotSettings, registry: Regis
     from tuning import dataset, monthly
 
     store = store_location(settings.data_dir, settings.database_url)
-    splits, card = dataset.build(store, args.data, include_sample=not args.no_sample)
-    data_hash = dataset.write(splits, card, args.out)
+    excluded = frozenset(rater.strip() for given in args.exclude_rater for rater in given.split(",") if rater.strip())
+    splits, card = dataset.build(
+        store, args.data, include_sample=not args.no_sample, registry_root=registry.root, exclude_raters=excluded
+    )
+    hashes = dataset.write(splits, card, args.out)
     asyncio.run(
-        monthly.audit(store, cli_actor(), "data_export", target=str(args.out), rows=card["rows"], data_hash=data_hash)
+        monthly.audit(
+            store,
+            cli_actor(),
+            "data_export",
+            target=str(args.out),
+            rows=card["rows"],
+            data_hashes=hashes,
+            excluded_raters=card["excluded_raters"],
+        )
     )
     _print(json.loads((args.out / "card.json").read_text()))
     return 0
 
 
 def cmd_train(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    from tuning import dataset
+    from tuning import dataset, split
     from tuning.train import fine_tune
 
     base = args.base
     if base in {"current", "candidate"} or base in registry.versions():
         base = str(registry.hf_dir(registry.resolve(base)))
     rows = dataset.load_split(args.data, "train")
+    held_out = [r["messages"] for r in dataset.load_split(args.data, "eval")]
+    split.require_unseen(held_out, set().union(*(split.asked(r["messages"]) for r in rows)), "train.jsonl")
     chats = [with_system(settings.system_prompt, r["messages"]) for r in rows]
     losses = fine_tune(base, chats, args.out, tune_config(args), resume=args.resume)
     _print({"model": str(args.out / HF_DIR), "steps": len(losses), "final_loss": losses[-1]})
@@ -234,17 +260,27 @@ def _write_folder(out: Path, build: Callable[[Path], object]) -> Path:
 def cmd_eval(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     from bot.models.export import GENAI_CONFIG
     from bot.models.runtime import ChatModel, GenerationSettings
-    from tuning.evaluate import evaluate, report
+    from tuning import split
+    from tuning.evaluate import evaluate_views, report
     from tuning.formats import read_chats
 
     folder = Path(args.model)
-    if (folder / GENAI_CONFIG).exists():
-        name = folder.name
-    else:
-        name = registry.resolve(args.model)
-        folder = registry.onnx_dir(name)
+    registered = not (folder / GENAI_CONFIG).exists()  # else an ONNX folder, which records no training data
+    name = registry.resolve(args.model) if registered else folder.name
+    folder = registry.onnx_dir(name) if registered else folder
+    trained = split.trained_questions(registry, name) if registered else set()
+    if args.data:
+        chats = read_chats(args.data)
+        split.require_unseen(chats, trained, name)
+        views = {args.data.name: chats[: args.limit]}
+    else:  # the eval set the version was scored on, less any row it trained on as a rated chat
+        kept = registry.manifest(name).get("eval_set", {}).get("file") if registered else None
+        if not kept:
+            raise ValueError(f"{name} records no kept eval set: give --data")
+        rows = [r for r in split.load(registry.root, kept).rows if split.question(r["messages"]) not in trained]
+        views = split.by_view(rows[: args.limit])
     model = ChatModel(name, folder, GenerationSettings(max_new_tokens=settings.max_new_tokens))
-    result = report(name, evaluate(model, read_chats(args.data), settings.system_prompt, args.limit))
+    result = report(name, *evaluate_views(model, views, settings.system_prompt))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     _print(result)
@@ -302,7 +338,11 @@ def cmd_ab(args: argparse.Namespace, settings: BotSettings, registry: Registry) 
 
 
 def cmd_ab_report(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
-    from tuning.evaluate import ab_report
+    from tuning.ab import ab_report, since_time
+
+    since = args.since or registry.state().ab_started_at
+    if since is None:
+        raise ValueError("no A/B test is running (or it started before its start was recorded): give --since")
 
     async def read() -> tuple[list, list]:
         store = await open_store(settings)
@@ -311,7 +351,7 @@ def cmd_ab_report(args: argparse.Namespace, settings: BotSettings, registry: Reg
         finally:
             await store.close()
 
-    _print(ab_report(*asyncio.run(read())))
+    _print(ab_report(*asyncio.run(read()), since=since_time(since)))
     return 0
 
 
@@ -323,6 +363,7 @@ def cmd_run(args: argparse.Namespace, settings: BotSettings, registry: Registry)
         config=tune_config(args),
         base=args.base,
         extra_files=args.data,
+        eval_file=args.eval,
         ab_share=args.ab,
         force=args.force,
         database_url=settings.database_url,

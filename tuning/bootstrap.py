@@ -3,10 +3,14 @@ tokens, a small Qwen2ForCausalLM trained from scratch, exported to ONNX and regi
 
 Small on purpose: it memorises the shipped FAQ in well under a minute on 2 cores, so a fresh machine
 with no model hub answers at once; real deployments tune a pretrained Qwen (`tuning run --base`).
+It trains on the train side of `tuning.split` only, like every later tune, and keeps what it trained
+on in its version folder (`train.jsonl`, hashed in the manifest's `data_hashes`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -25,7 +29,7 @@ from transformers import (
 from bot.models.chat import with_system
 from bot.models.export import export_onnx
 from bot.models.registry import HF_DIR, ONNX_DIR, Registry
-from tuning import formats
+from tuning import dataset, formats
 from tuning.config import PRESETS, TuneConfig
 from tuning.train import train
 
@@ -38,6 +42,7 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+TRAINED_ON = "train.jsonl"  # in the version folder: the chats it trained on
 STARTER_SHAPE = {
     "hidden_size": 128,
     "intermediate_size": 384,
@@ -95,14 +100,16 @@ def bootstrap(
     the optimisation fields apply: the starter is a full training from nothing."""
     began = time.perf_counter()
     files = data_files or formats.shipped_files()
-    chats = [chat for path in files for chat in formats.read_chats(path)]
-    if not chats:
+    registry = Registry(data_dir)
+    rows, card = dataset.build(None, files, include_sample=False, registry_root=registry.root)
+    if not rows["train"]:
         raise formats.DataError("no training data")
-    chats = [with_system(system_prompt, chat) for chat in chats]
+    trained_on = "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows["train"])
+    chats = [with_system(system_prompt, r["messages"]) for r in rows["train"]]
     tokenizer = build_tokenizer([m["content"] for chat in chats for m in chat])
     model = build_model(tokenizer, seed=cfg.seed)
-    registry = Registry(data_dir)
     version, scratch = registry.start_version()
+    (scratch / TRAINED_ON).write_text(trained_on, encoding="utf-8")
     losses = train(model, tokenizer, chats, cfg, out_dir=scratch)
     model.save_pretrained(scratch / HF_DIR)
     tokenizer.save_pretrained(scratch / HF_DIR)
@@ -115,6 +122,8 @@ def bootstrap(
             "base_model": "starter (Qwen2, trained from scratch)",
             "parameters": model.num_parameters(),
             "data_files": [str(p) for p in files],
+            "data_hashes": {TRAINED_ON: hashlib.sha256(trained_on.encode()).hexdigest()},
+            "eval_set": card["eval_set"],
             "examples": len(chats),
             "system_prompt": system_prompt,
             "config": asdict(cfg),

@@ -41,7 +41,7 @@ class TuneConfig:
     max_bleu_drop: float = 0.02
     max_p99_s: float = 1.5  # P99 answer latency, seconds (P90 when under 100 answers: see tuning/gate.py)
     # Fewer held-out rows and the gate refuses to decide: one row would be over 3% of the score and the
-    # bootstrap interval too wide to tell a drop from noise. The shipped sample data holds out 41.
+    # bootstrap interval too wide to tell a drop from noise. The shipped sample data holds out 92 (tuning/split.py).
     min_eval_rows: int = 30
     # --- export
     precision: str | None = None  # the served build: "fp32", "int4", or None (int4 from pretrained size up)
@@ -55,7 +55,7 @@ PRESETS = {
     ),
     "monthly": MONTHLY,
     # A first LoRA tune of a pretrained base (`tuning run --base ... --preset pretrained`). A starting point,
-    # not a measured optimum: ~2 epochs of the shipped sample data (377 train rows); for other data take
+    # not a measured optimum: ~2 epochs of the shipped sample data (326 train rows); for other data take
     # steps ~ epochs * rows / (batch_size * grad_accum), and for a 7B on 24 GB add
     # --grad-checkpointing --batch-size 4 --grad-accum 4.
     "pretrained": replace(MONTHLY, preset="pretrained", steps=50, lr=2e-4, warmup=5),

@@ -6,9 +6,12 @@ written as a Hugging Face DatasetDict and as chat JSONL, with a small data card.
   the approved ones are learnt too (the others are marked context only, `formats.CONTEXT_ONLY`);
 - an answer agents rated 👎 without a correction is kept out of training, as a labelled negative;
 - customers' reactions are counted in the card but never become targets;
+- a rated chat's row names the agents whose ratings or correction went into it (`raters`; the card counts
+  rows per rater); `exclude_raters` builds the dataset as if those raters had never rated or corrected anything;
 - personal data is masked again; duplicates are dropped (rated chats win over file rows);
-- rated chats always train (they are what the monthly tune is for); the other rows are split into
-  train/eval by a hash of the normalised question, so paraphrases of one template stay together.
+- the file rows are split by `tuning.split` (the eval set of their data version is kept under the
+  registry); rated chats always train (they are what the monthly tune is for), and an eval row whose
+  question a training row asks is left out of this dataset's eval split (counted in the card).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 from bot.cache import normalise_question
 from bot.privacy import mask_personal_data
 from bot.store import Store
-from tuning import formats
+from tuning import formats, split
 
 COLUMNS = (
     "messages",
@@ -37,8 +39,9 @@ COLUMNS = (
     "channel",
     "conversation_id",
     "model_version",
+    "view",
+    "raters",
 )
-EVAL_PERCENT = 10
 
 
 def _row(messages: list[dict[str, str]], source: str, **fields: Any) -> dict[str, Any]:
@@ -47,12 +50,17 @@ def _row(messages: list[dict[str, str]], source: str, **fields: Any) -> dict[str
     return row
 
 
-async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
-    """One row per answered turn that agents rated or corrected, and per question an agent answered."""
+async def rated_chats(
+    store: Store, exclude_raters: frozenset[str] = frozenset()
+) -> tuple[list[dict[str, Any]], Counter]:
+    """One row per answered turn that agents rated or corrected, and per question an agent answered,
+    leaving out every rating and correction by `exclude_raters` (ids as the store keeps them)."""
     ratings: dict[int, list[dict[str, Any]]] = {}
     for r in await store.ratings():
-        ratings.setdefault(r["turn_id"], []).append(r)
-    corrections = {c["turn_id"]: c["text"] for c in await store.corrections()}  # the latest wins
+        if r["rater"] not in exclude_raters:
+            ratings.setdefault(r["turn_id"], []).append(r)
+    # one correction per answer: the latest wins
+    corrections = {c["turn_id"]: c for c in await store.corrections() if c["rater"] not in exclude_raters}
     counts: Counter = Counter()
     rows = []
     by_agents = {t.id for t in await store.turns(outcome="agent") if t.user_text}
@@ -68,7 +76,8 @@ async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
         )
         context = []
         for past in await store.session_turns(turn.channel, turn.conversation_id, turn.session, turn.id):
-            said = {"role": "assistant", "content": mask_personal_data(corrections.get(past.id, past.answer))}
+            said_text = corrections[past.id]["text"] if past.id in corrections else past.answer
+            said = {"role": "assistant", "content": mask_personal_data(said_text)}
             # Earlier answers are context; only approved ones (corrected, 👍 by agents, an agent's) are learnt.
             approved = past.id in corrections or past.outcome == "agent" or agent_net(ratings.get(past.id, [])) > 0
             context += [
@@ -83,8 +92,10 @@ async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
             "model_version": turn.model_version,
             "rating": agent_score or None,
         }
+        raters = {r["rater"] for r in ratings.get(turn_id, []) if r["role"] == "agent"}
         if turn_id in corrections:
-            fixed = mask_personal_data(corrections[turn_id])
+            raters.add(corrections[turn_id]["rater"])
+            fixed = mask_personal_data(corrections[turn_id]["text"])
             label, target, verdict = "corrected", fixed, {"correction": fixed, "chosen": fixed, "rejected": answer}
         elif turn.outcome == "agent" or agent_score > 0:
             label, target, verdict = "good", answer, {"chosen": answer}
@@ -93,7 +104,7 @@ async def rated_chats(store: Store) -> tuple[list[dict[str, Any]], Counter]:
         else:
             continue
         messages = [*context, question, {"role": "assistant", "content": target}]
-        rows.append(_row(messages, "chats", label=label, **verdict, **meta))
+        rows.append(_row(messages, "chats", label=label, raters=sorted(raters), **verdict, **meta))
         counts[rows[-1]["label"]] += 1
     return rows, counts
 
@@ -111,78 +122,76 @@ def file_rows(paths: list[Path]) -> list[dict[str, Any]]:
     ]
 
 
-def template_key(messages: list[dict[str, str]]) -> str:
-    """The question with numbers and {{placeholders}} removed: paraphrase templates share it."""
-    question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    return re.sub(r"\{\{[^}]*\}\}|\d+", "#", normalise_question(question))
-
-
-def in_eval(messages: list[dict[str, str]], percent: int = EVAL_PERCENT) -> bool:
-    digest = hashlib.sha256(template_key(messages).encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 100 < percent
+def _prompt_key(row: dict[str, Any]) -> str:
+    """Everything before the answer, normalised: rows with the same key are duplicates."""
+    return json.dumps([[m["role"], normalise_question(m["content"])] for m in row["messages"][:-1]], ensure_ascii=False)
 
 
 def build(
-    store: Path | str | None, extra_files: list[Path], include_sample: bool = True, eval_percent: int = EVAL_PERCENT
+    store: Path | str | None,
+    extra_files: list[Path],
+    include_sample: bool = True,
+    registry_root: Path | None = None,
+    exclude_raters: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """The splits (train, eval, negatives) and the data card. `store`: where the rated chats are (see
-    `bot.store.store_location`); None, or a SQLite file not created yet, has none."""
+    `bot.store.store_location`); None, or a SQLite file not created yet, has none. `registry_root`: where
+    the eval set of this data version is kept (None: made afresh, not kept). `exclude_raters`: see `rated_chats`."""
     if isinstance(store, Path) and not store.exists():
         store = None  # opening it would create it
-    chats, counts = asyncio.run(_read_store(store)) if store is not None else ([], Counter())
+    chats, counts = asyncio.run(_read_store(store, exclude_raters)) if store is not None else ([], Counter())
     files = (formats.shipped_files() if include_sample else []) + list(extra_files)
-    by_prompt: dict[str, dict[str, Any]] = {}
-    for row in file_rows(files) + [r for r in chats if r["label"] != "bad"]:
-        # Keyed by everything before the answer: a later source (rated chats) replaces an earlier one.
-        key = json.dumps(
-            [[m["role"], normalise_question(m["content"])] for m in row["messages"][:-1]], ensure_ascii=False
-        )
-        by_prompt[key] = row
+    by_prompt = {_prompt_key(row): row for row in file_rows(files)}  # a later file's row replaces an earlier one
+    evals = split.eval_set([r["messages"] for r in by_prompt.values()], registry_root)
+    by_prompt |= {_prompt_key(row): row for row in chats if row["label"] != "bad"}  # rated chats win
+    train = [r for r in by_prompt.values() if r["source"] == "chats" or evals.allows(r["messages"])]
+    trained = set().union(*(split.asked(r["messages"]) for r in train))
+    held_out = [r for r in evals.rows if split.question(r["messages"]) not in trained]
     splits: dict[str, list[dict[str, Any]]] = {
-        "train": [],
-        "eval": [],
+        "train": train,
+        "eval": [_row(r["messages"], "eval_set", view=r["view"]) for r in held_out],
         "negatives": [r for r in chats if r["label"] == "bad"],
     }
-    for row in by_prompt.values():
-        held_out = row["source"] != "chats" and in_eval(row["messages"], eval_percent)
-        splits["eval" if held_out else "train"].append(row)
     card = {
         "rows": {name: len(rows) for name, rows in splits.items()},
         "sources": dict(Counter(r["source"] for rows in splits.values() for r in rows)),
         "chat_labels": dict(counts),
         "files": [str(p) for p in files],
-        "eval_percent": eval_percent,
+        "eval_set": evals.record(),
+        "eval_views": dict(Counter(r["view"] for r in held_out)),
+        "eval_asked_in_training": len(evals.rows) - len(held_out),  # by rated chats: they always train
+        "rows_per_rater": dict(Counter(rater for rows in splits.values() for r in rows for rater in r["raters"] or [])),
+        "excluded_raters": sorted(exclude_raters),
     }
     return splits, card
 
 
-async def _read_store(location: Path | str) -> tuple[list[dict[str, Any]], Counter]:
+async def _read_store(location: Path | str, exclude_raters: frozenset[str]) -> tuple[list[dict[str, Any]], Counter]:
     store = await Store.open(location)
     try:
-        return await rated_chats(store)
+        return await rated_chats(store, exclude_raters)
     finally:
         await store.close()
 
 
-def write(splits: dict[str, list[dict[str, Any]]], card: dict[str, Any], out_dir: Path) -> str:
-    """JSONL per split, the DatasetDict, and the card; returns the data hash (of the JSONL)."""
+def write(splits: dict[str, list[dict[str, Any]]], card: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """JSONL per split, the DatasetDict, and the card; returns each JSONL file's SHA-256."""
     from datasets import Dataset, DatasetDict
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
+    hashes = {}
     for name, rows in splits.items():
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         (out_dir / f"{name}.jsonl").write_text(text, encoding="utf-8")
-        digest.update(text.encode())
+        hashes[f"{name}.jsonl"] = hashlib.sha256(text.encode()).hexdigest()
     DatasetDict(
         {
             name: Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in COLUMNS})
             for name, rows in splits.items()
         }
     ).save_to_disk(str(out_dir / "hf"))
-    card = card | {"data_hash": digest.hexdigest()}
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
-    return card["data_hash"]
+    (out_dir / "card.json").write_text(json.dumps(card | {"data_hashes": hashes}, indent=2, ensure_ascii=False))
+    return hashes
 
 
 def load_split(out_dir: Path, name: str) -> list[dict[str, Any]]:

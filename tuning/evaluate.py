@@ -6,6 +6,8 @@
 - ROUGE-L F1 over the same tokens; latency p50/p99 of whole answers.
 
 Each row's result is kept too (`Row`): the promotion gate (tuning/gate.py) compares two models row by row.
+An eval set has views (tuning/split.py: unseen phrasings, unseen questions): each is scored on its own,
+and the combined scores are those of all their rows together.
 """
 
 from __future__ import annotations
@@ -130,58 +132,45 @@ def evaluate(model: ChatModel, chats: list[Chat], system_prompt: str, limit: int
         latencies.append(time.perf_counter() - began)
         references.append(chat[-1]["content"])
     correct = list(map(is_correct, predictions, references))
-    stats = bleu_stats(predictions, references)
-    metrics = Metrics(
-        examples=len(chats),
-        accuracy=sum(correct) / len(chats),
-        bleu4=corpus_bleu4([sum(column) for column in zip(*stats, strict=True)]),
-        rouge_l=statistics.fmean(map(rouge_l, predictions, references)),
-        latency_p50_s=percentile(latencies, 0.50),
-        latency_p99_s=percentile(latencies, 0.99),
-    )
+    rows = [Row(*row) for row in zip(correct, bleu_stats(predictions, references), latencies, strict=True)]
     samples = [
         {"question": c[-2]["content"] if len(c) > 1 else "", "reference": r, "answer": p}
         for c, r, p in list(zip(chats, references, predictions, strict=True))[:5]
     ]
-    rows = [Row(*row) for row in zip(correct, stats, latencies, strict=True)]
-    return Evaluation(metrics, samples, rows)
+    return Evaluation(_metrics(rows, statistics.fmean(map(rouge_l, predictions, references))), samples, rows)
 
 
-def report(version: str, evaluation: Evaluation) -> dict[str, Any]:
-    """The JSON `tuning eval` prints and a manifest's `metrics` hold."""
-    return {"model_version": version, **asdict(evaluation.metrics), "samples": evaluation.samples}
+def _metrics(rows: list[Row], rouge_l: float) -> Metrics:
+    """The scores of these rows (ROUGE-L, which rows do not keep, given as their mean)."""
+    latencies = [row.latency_s for row in rows]
+    return Metrics(
+        examples=len(rows),
+        accuracy=sum(row.correct for row in rows) / len(rows),
+        bleu4=corpus_bleu4([sum(column) for column in zip(*(row.bleu_stats for row in rows), strict=True)]),
+        rouge_l=rouge_l,
+        latency_p50_s=percentile(latencies, 0.50),
+        latency_p99_s=percentile(latencies, 0.99),
+    )
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% confidence interval of a share; honest for the small counts an A/B test starts with."""
-    if total == 0:
-        return 0.0, 1.0
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    spread = z * ((p * (1 - p) / total + z * z / (4 * total * total)) ** 0.5) / (1 + z * z / total)
-    return max(0.0, centre - spread), min(1.0, centre + spread)
+def evaluate_views(
+    model: ChatModel, views: dict[str, list[Chat]], system_prompt: str
+) -> tuple[Evaluation, dict[str, Evaluation]]:
+    """Each view's evaluation and the combined one (its rows: the views' rows, in the order given)."""
+    by_view = {name: evaluate(model, chats, system_prompt) for name, chats in views.items() if chats}
+    if not by_view:
+        raise ValueError("nothing to evaluate: the data has no examples")
+    return combine(list(by_view.values())), by_view
 
 
-def ab_report(turns: list[Any], ratings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per variant (and model version): turns, ratings, 👍 share with its interval, latency."""
-    by_turn: dict[int, list[int]] = {}
-    for r in ratings:
-        by_turn.setdefault(r["turn_id"], []).append(r["rating"])
-    report: dict[str, dict[str, Any]] = {}
-    for variant in sorted({t.variant for t in turns if t.outcome == "answered"}):  # agents' answers are no variant
-        mine = [t for t in turns if t.variant == variant and t.outcome == "answered"]
-        votes = [v for t in mine for v in by_turn.get(t.id, [])]
-        ups = sum(1 for v in votes if v > 0)
-        low, high = wilson_interval(ups, len(votes))
-        latencies = [t.latency_ms / 1000 for t in mine]
-        report[variant] = {
-            "model_versions": sorted({t.model_version for t in mine}),
-            "turns": len(mine),
-            "ratings": len(votes),
-            "thumbs_up": ups,
-            "thumbs_up_share": ups / len(votes) if votes else None,
-            "thumbs_up_ci95": [low, high],
-            "latency_p50_s": percentile(latencies, 0.5) if latencies else None,
-            "latency_p99_s": percentile(latencies, 0.99) if latencies else None,
-        }
-    return report
+def combine(parts: list[Evaluation]) -> Evaluation:
+    """One evaluation of all the parts' rows (each row scored as in its part)."""
+    rows = [row for part in parts for row in part.rows]
+    metrics = _metrics(rows, sum(part.metrics.rouge_l * part.metrics.examples for part in parts) / len(rows))
+    return Evaluation(metrics, [sample for part in parts for sample in part.samples][:5], rows)
+
+
+def report(version: str, evaluation: Evaluation, views: dict[str, Evaluation] | None = None) -> dict[str, Any]:
+    """The JSON `tuning eval` prints and a manifest's `metrics` hold: the combined scores, and each view's."""
+    by_view = {name: asdict(part.metrics) for name, part in (views or {}).items()}
+    return {"model_version": version, **asdict(evaluation.metrics), "views": by_view, "samples": evaluation.samples}

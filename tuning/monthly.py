@@ -1,5 +1,9 @@
 """The monthly job: dataset -> train -> export -> evaluate -> register -> promote (or A/B).
 
+Both models answer the same held-out rows (tuning/split.py): the eval set kept for the data version
+(less any row whose question the candidate or production trained on, as a rated chat), or an `--eval`
+file, refused if it asks anything they trained on.
+
 Safe to run twice: a lock keeps two runs apart, a run with no new rated chats stops early, and a
 version is registered only when complete, so a killed run leaves production serving as it was.
 """
@@ -24,13 +28,17 @@ from bot.models.export import export_onnx
 from bot.models.registry import HF_DIR, ONNX_DIR, Registry
 from bot.models.runtime import ChatModel, GenerationSettings
 from bot.store import Store, store_location
-from tuning import dataset
+from tuning import dataset, split
 from tuning.config import MONTHLY, TuneConfig
-from tuning.evaluate import Evaluation, evaluate, report
+from tuning.evaluate import Evaluation, evaluate_views, report
+from tuning.formats import read_chats
 from tuning.gate import Gate, write_report
 from tuning.train import fine_tune, require_base
 
 log = logging.getLogger(__name__)
+
+
+DATASET_DIR = "dataset"  # in the version folder: the splits it was tuned and scored on
 
 
 class NothingToDo(Exception):
@@ -42,6 +50,7 @@ class RunOptions:
     config: TuneConfig = MONTHLY  # every tuning knob
     base: str | None = None  # None: the current production version
     extra_files: list[Path] = field(default_factory=list)
+    eval_file: Path | None = None  # None: the eval set kept for the data version
     ab_share: float | None = None
     force: bool = False
     database_url: str = ""  # BOT_DATABASE_URL; empty: the store is the SQLite file in the data directory
@@ -80,7 +89,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     began = time.perf_counter()
 
     store = store_location(data_dir, options.database_url)
-    splits, card = dataset.build(store, options.extra_files)
+    splits, card = dataset.build(store, options.extra_files, registry_root=registry.root)
     rated = [r for r in splits["train"] if r["source"] == "chats"]
     parent = registry.manifest(state.current) if state.current else {}
     new_hash = chats_hash(splits["train"])
@@ -91,12 +100,12 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
         )
     cfg = options.config
     gate = Gate.from_config(cfg)
-    eval_chats = [r["messages"] for r in splits["eval"]][: cfg.eval_limit or None]  # one list, both models
-    gate.require_rows(len(eval_chats))  # before training: too few rows and the gate would not decide
+    views, eval_set = _eval_views(registry, state.current, splits, card, options.eval_file, cfg.eval_limit)
+    gate.require_rows(sum(map(len, views.values())))  # before training: too few rows and the gate would not decide
     timings["dataset_s"] = time.perf_counter() - began
 
     version, scratch = registry.start_version()
-    data_hash = dataset.write(splits, card, scratch / "dataset")
+    data_hashes = dataset.write(splits, card, scratch / DATASET_DIR)
     base = options.base or str(registry.hf_dir(registry.resolve("current")))
     chats = [
         with_system(system_prompt, r["messages"])
@@ -113,15 +122,13 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    candidate, metrics_report = _score(version, scratch / ONNX_DIR, eval_chats, system_prompt)
+    candidate, metrics_report = _score(version, scratch / ONNX_DIR, views, system_prompt)
     production, production_report = None, None
     if state.current:
-        production, production_report = _score(
-            state.current, registry.onnx_dir(state.current), eval_chats, system_prompt
-        )
+        production, production_report = _score(state.current, registry.onnx_dir(state.current), views, system_prompt)
     timings["evaluate_s"] = time.perf_counter() - t
     production_rows = production.rows if production else None
-    decision = gate.decide(candidate.rows, production_rows)
+    decision = gate.decide(candidate.rows, production_rows)  # on all views' rows together
     write_report(scratch, decision, candidate.rows, production_rows)  # with the version: `replay` decides again
 
     registry.register(
@@ -131,7 +138,8 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
             "parent": state.current,
             "base_model": str(options.base or parent.get("base_model", base)),
             "tuned_from": options.base or state.current,  # what the adapter applies to: --base or a version
-            "data_hash": data_hash,
+            "data_hashes": {f"{DATASET_DIR}/train.jsonl": data_hashes["train.jsonl"]},  # what it trained on
+            "eval_set": eval_set,
             "chats_hash": new_hash,
             "data_card": card,
             "system_prompt": system_prompt,
@@ -172,10 +180,33 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     }
 
 
-def _score(version: str, onnx_dir: Path, chats: list[Chat], system_prompt: str) -> tuple[Evaluation, dict[str, Any]]:
-    """A model's evaluation, and the report (metrics and samples) a manifest keeps."""
-    evaluation = evaluate(ChatModel(version, onnx_dir, GenerationSettings()), chats, system_prompt)
-    return evaluation, report(version, evaluation)
+def _eval_views(
+    registry: Registry,
+    production: str | None,
+    splits: dict[str, list[dict[str, Any]]],
+    card: dict[str, Any],
+    eval_file: Path | None,
+    limit: int | None,
+) -> tuple[dict[str, list[Chat]], dict[str, Any]]:
+    """The rows both models answer, by view, and what the manifest keeps of where they came from."""
+    trained = split.trained_questions(registry, production)  # the candidate's own: already out of the eval split
+    if eval_file is not None:
+        chats = read_chats(eval_file)
+        train_questions = set().union(*(split.asked(r["messages"]) for r in splits["train"]))
+        split.require_unseen(chats, trained | train_questions, "the candidate or production")
+        digest = hashlib.sha256(eval_file.read_bytes()).hexdigest()
+        return {eval_file.name: chats[: limit or None]}, {"file": None, "source": str(eval_file), "sha256": digest}
+    rows = [r for r in splits["eval"] if split.question(r["messages"]) not in trained]
+    skipped = card["eval_asked_in_training"] + len(splits["eval"]) - len(rows)
+    return split.by_view(rows[: limit or None]), card["eval_set"] | {"asked_in_training": skipped}
+
+
+def _score(
+    version: str, onnx_dir: Path, views: dict[str, list[Chat]], system_prompt: str
+) -> tuple[Evaluation, dict[str, Any]]:
+    """A model's evaluation (all views' rows), and the report a manifest keeps (metrics, also per view)."""
+    evaluation, by_view = evaluate_views(ChatModel(version, onnx_dir, GenerationSettings()), views, system_prompt)
+    return evaluation, report(version, evaluation, by_view)
 
 
 async def audit(location: Path | str, actor: str, action: str, target: str | None = None, **detail: Any) -> None:

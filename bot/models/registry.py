@@ -39,6 +39,7 @@ class State:
     current: str | None = None
     candidate: str | None = None
     ab_share: float = 0.0
+    ab_started_at: str | None = None  # when the running A/B test started (UTC, ISO): `tuning ab-report` counts from it
     history: list[str] = field(default_factory=list)  # earlier production versions, newest last
 
 
@@ -125,7 +126,7 @@ class Registry:
                 state.history.append(state.current)
             state.current = version
             if state.candidate == version:
-                state.candidate, state.ab_share = None, 0.0
+                state.candidate, state.ab_share, state.ab_started_at = None, 0.0, None
         return state
 
     def rollback(self) -> State:
@@ -141,6 +142,11 @@ class Registry:
         if not 0.0 <= ab_share <= 1.0:
             raise RegistryError(f"A/B share must be between 0 and 1, got {ab_share}")
         with self._changing() as state:
+            running = state.candidate == version and state.ab_share > 0 and state.ab_started_at is not None
+            if not (version and ab_share > 0):
+                state.ab_started_at = None
+            elif not running:  # a new test; a changed share continues the running one
+                state.ab_started_at = datetime.now(timezone.utc).isoformat()
             state.candidate, state.ab_share = version, ab_share if version else 0.0
         return state
 
