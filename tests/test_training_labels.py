@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 from bot.store import Store
+from tests.test_pretrained_qwen import GGUF
 from tuning import dataset
 from tuning.formats import as_context, is_target
 from tuning.train import END_OF_TURN, IGNORE, encode
@@ -21,9 +23,15 @@ CHAT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(starter_dir: Path) -> object:
-    return AutoTokenizer.from_pretrained(starter_dir / "models" / "v0001" / "hf")
+@pytest.fixture(scope="module", params=["starter", "qwen2.5"])
+def tokenizer(request: pytest.FixtureRequest, starter_dir: Path) -> object:
+    """The starter's tokenizer and chat template, and (slow: RUN_SLOW=1 and the GGUF on the machine) the real
+    Qwen2.5 one, whose template adds a default system prompt and tool handling around the same turns."""
+    if request.param == "starter":
+        return AutoTokenizer.from_pretrained(starter_dir / "models" / "v0001" / "hf")
+    if os.environ.get("RUN_SLOW") != "1" or not GGUF.exists():
+        pytest.skip(f"slow: set RUN_SLOW=1, with the pretrained Qwen at {GGUF} (../shared/tools/get-pretrained-qwen)")
+    return AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
 
 
 def test_labels_are_exactly_the_approved_answer_and_its_end_of_turn_token(tokenizer: object) -> None:
