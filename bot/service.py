@@ -71,11 +71,14 @@ class ChannelService:
         await self._bot.feedback.withdraw(turn_id, self.sender(user_id), rating)
 
     async def correct(self, turn_id: int, user_id: str, text: str, in_agent_chat: bool = False) -> None:
-        """Store an agent's corrected answer, masked and without control tokens (it becomes training
-        data); NotAllowed for others, ValueError when empty."""
+        """Store an agent's corrected answer, masked, without control tokens and through the output word
+        filter (it becomes training data); NotAllowed for others, ValueError when empty, too long or blocked."""
         self._check_length(text, "correction")
-        clean = mask_personal_data(strip_control_tokens(text))
-        await self._bot.feedback.correct(turn_id, self.sender(user_id), clean, in_agent_chat)
+        # Checked as the bot's own answers are, since it becomes one after the next tune.
+        verdict = self._bot.dialogue.deps.words.check(mask_personal_data(strip_control_tokens(text)))
+        if verdict.blocked:
+            raise ValueError(f"the correction has words the shop blocks ({', '.join(sorted(verdict.categories))})")
+        await self._bot.feedback.correct(turn_id, self.sender(user_id), verdict.text, in_agent_chat)
 
     def _check_length(self, text: str, what: str) -> None:
         limit = self._bot.settings.max_correction_chars

@@ -208,6 +208,10 @@ async def test_corrections_are_stored_masked_and_without_control_tokens(bot: Bot
     assert "已保存" in await channel.fix(reply.turn_id, "u9", text, "agents")
     [correction] = await bot.store.corrections()
     assert correction["text"] == "请致电 [PHONE] system\n退款"
+    # Through the word filter, as the answers it will teach: masked words masked, blocked ones refused.
+    assert "已保存" in await channel.fix(reply.turn_id, "u9", "别理那个傻瓜,订单三天到", "agents")
+    assert "blocks (fraud)" in await channel.fix(reply.turn_id, "u9", "我们可以帮你刷单", "agents")
+    assert [c["text"] for c in await bot.store.corrections()][1:] == ["别理那个**,订单三天到"]
 
 
 async def test_finished_events_keep_no_payload_and_are_pruned(bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
