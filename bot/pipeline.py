@@ -327,8 +327,8 @@ class GenerateAnswer(Step):
             turn.settle(answer, "cancelled")
             return
         turn.settle(answer, "answered")
-        if turn.context_free:
-            await self.deps.cache.put(turn.text, model.version, answer)
+        if turn.context_free:  # under the version that made it, which is what a later lookup asks for
+            await self.deps.cache.put(turn.text, turn.model_version, answer)
 
     async def _streamed(self, turn: WorkingTurn, model: ChatModel, stream: Stream) -> Generated:
         """Generate while the customer is shown every completed clause, filtered as the whole answer will

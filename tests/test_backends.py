@@ -344,7 +344,8 @@ async def test_an_answer_is_stored_with_the_version_that_made_it(fake: MakeServe
     """The pick wants the candidate, but the trial ends before the answer (as a hot swap would end it) and no
     server serves v0002: the in-process model answers with its current version, and that is what is stored."""
     candidate_copy(data_dir, 1.0)
-    server = await start(bot_settings(data_dir, f"gpu={(await fake('gpu')).url}"), {})
+    settings = bot_settings(data_dir, f"gpu={(await fake('gpu')).url}").model_copy(update={"cache_size": 16})
+    server = await start(settings, {})
     models = server.bot.models
     picked: list[str] = []
 
@@ -357,9 +358,12 @@ async def test_an_answer_is_stored_with_the_version_that_made_it(fake: MakeServe
     try:
         reply = await ask(server, "c1")
         stored = await server.bot.store.turn(reply["turn_id"])
+        # Cached as the version that made it, so the next asker served by that version gets it.
+        cached = [await server.bot.cache.get(ORDER_Q, version) for version in (VERSION, "v0002")]
     finally:
         await server.stop()
     assert picked == ["v0002"] and reply["answer"] == ORDER_A and reply["model_version"] == VERSION
+    assert cached == [ORDER_A, None]
     assert stored is not None and (stored.model_version, stored.variant) == (VERSION, "current")
 
 
