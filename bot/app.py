@@ -94,18 +94,20 @@ async def build_bot(settings: BotSettings) -> Bot:
     feedback = Feedback.from_settings(store, settings)
     if not settings.handoff_phrases:
         log.info("hand-off to a person is off: no agent is configured (AGENT_IDS, ADMIN_IDS or agent API keys)")
+    words = build_word_filter(settings)
     handoff = HandOff(
         store,
         feedback.roles,
         settings.handoff_phrases,
         timedelta(minutes=settings.handoff_timeout_minutes),
         settings.session_idle,
+        words,
     )
     deps = StepDeps(
         store=store,
         models=models,
         backends=backends,
-        words=build_word_filter(settings),
+        words=words,
         cache=cache,
         limits=limits,
         handoff=handoff,

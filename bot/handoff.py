@@ -3,8 +3,9 @@
 - **Start.** A customer asks for a person (one of `BOT_HANDOFF_WORDS`), gives two 👎 in a row, or an
   agent answers in the conversation (takes it over).
 - **While handed off** the bot stays silent there: each customer message is stored (masked) as waiting
-  for a person and shown to the agents; an agent's reply is relayed to the customer through the
-  conversation's channel and stored as the agent's answer, which trains the next model.
+  for a person and shown to the agents; an agent's reply passes the output word filter (it trains the
+  next model, and speaks for the shop), then is relayed to the customer through the conversation's
+  channel and stored as the agent's answer.
 - **End.** An agent releases it (`/release`, `POST /admin/release`), or it times out after
   `BOT_HANDOFF_TIMEOUT_MINUTES` without a message; the bot answers again.
 
@@ -25,6 +26,7 @@ from bot.feedback import Role, Roles
 from bot.message import strip_control_tokens, utcnow
 from bot.privacy import mask_personal_data
 from bot.store import Store, StoredTurn
+from bot.wordfilter import WordFilter
 
 log = logging.getLogger(__name__)
 HANDOFFS = Counter("bot_handoffs", "Conversations handed off to a person", ["channel", "reason"])
@@ -39,12 +41,22 @@ TRANSCRIPT_TURNS = 10  # the latest turns shown to agents when a conversation is
 
 
 class HandOff:
-    def __init__(self, store: Store, roles: Roles, words: list[str], timeout: timedelta, session_idle: timedelta):
+    def __init__(
+        self,
+        store: Store,
+        roles: Roles,
+        phrases: list[str],
+        timeout: timedelta,
+        session_idle: timedelta,
+        words: WordFilter,
+    ):
+        """`phrases`: what asks for a person (BOT_HANDOFF_WORDS); `words`: the output word filter."""
         self.store = store
         self.roles = roles
         self.timeout = timeout
         self.session_idle = session_idle
-        self._asks = _asks_pattern(words)
+        self.words = words
+        self._asks = _asks_pattern(phrases)
         self._deliveries: dict[str, Deliver] = {}
 
     def deliver_with(self, channel: str, deliver: Deliver) -> None:
@@ -124,13 +136,15 @@ class HandOff:
         message_id: str,
         in_agent_chat: bool = False,
     ) -> int:
-        """An agent's reply: delivered to the customer as written (without control tokens), stored masked as
-        the agent's answer. A conversation not handed off yet is taken over. NotAllowed for non-agents."""
+        """An agent's reply: delivered to the customer as written (without control tokens, through the output
+        word filter), stored masked as the agent's answer. A conversation not handed off yet is taken over.
+        NotAllowed for non-agents; ValueError when empty or blocked (nothing is sent or stored)."""
         target = _target(channel, conversation_id)
         await self.roles.require(agent, Role.AGENT, "handoff_reply", "answer customers", in_agent_chat, target=target)
         text = strip_control_tokens(text).strip()
         if not text:
             raise ValueError("the reply is empty")
+        text = self.words.agent_answer(text, "reply")
         if await self.store.latest_turn(channel, conversation_id) is None:
             raise LookupError(f"no conversation {conversation_id!r} on {channel}")
         if not await self.active(channel, conversation_id):

@@ -74,11 +74,8 @@ class ChannelService:
         """Store an agent's corrected answer, masked, without control tokens and through the output word
         filter (it becomes training data); NotAllowed for others, ValueError when empty, too long or blocked."""
         self._check_length(text, "correction")
-        # Checked as the bot's own answers are, since it becomes one after the next tune.
-        verdict = self._bot.dialogue.deps.words.check(mask_personal_data(strip_control_tokens(text)))
-        if verdict.blocked:
-            raise ValueError(f"the correction has words the shop blocks ({', '.join(sorted(verdict.categories))})")
-        await self._bot.feedback.correct(turn_id, self.sender(user_id), verdict.text, in_agent_chat)
+        clean = self._bot.dialogue.deps.words.agent_answer(mask_personal_data(strip_control_tokens(text)), "correction")
+        await self._bot.feedback.correct(turn_id, self.sender(user_id), clean, in_agent_chat)
 
     def _check_length(self, text: str, what: str) -> None:
         limit = self._bot.settings.max_correction_chars
@@ -106,7 +103,8 @@ class ChannelService:
         self, channel: str, conversation_id: str, user_id: str, text: str, message_id: str, in_agent_chat: bool = False
     ) -> int:
         """An agent's reply to a customer (of any channel): relayed and stored; the turn it is kept in.
-        NotAllowed for non-agents, ValueError when empty or too long, LookupError for no such conversation."""
+        NotAllowed for non-agents, ValueError when empty, too long or blocked by the word filter, LookupError
+        for no such conversation."""
         self._check_length(text, "reply")
         return await self._bot.handoff.reply(
             channel, conversation_id, self.sender(user_id), text, message_id, in_agent_chat

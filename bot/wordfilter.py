@@ -243,6 +243,14 @@ class WordFilter:
     def policy(self, category: str) -> str:
         return self._policies.get(category, self._policies.get("default", "mask"))
 
+    def agent_answer(self, text: str, what: str) -> str:
+        """An agent's text that the next model learns as an answer (a correction, a hand-off reply), filtered
+        as the bot's own answers are: masked words masked; ValueError naming the categories of a blocked one."""
+        verdict = self.check(text)
+        if verdict.blocked:
+            raise ValueError(f"the {what} has words the shop blocks ({', '.join(sorted(verdict.categories))})")
+        return verdict.text
+
     def check(self, text: str) -> Verdict:
         view, lookalikes = _normalise(text)
         if not view or not len(self._words):

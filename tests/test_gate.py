@@ -116,3 +116,34 @@ def test_a_run_with_too_few_eval_rows_refuses_before_training(data_dir: Path) ->
     assert result.returncode == 3, result.stderr
     assert "error: 92 eval rows: the gate needs at least 1000 (min_eval_rows" in result.stderr
     assert Registry(data_dir).versions() == ["v0001"] and not list(Registry(data_dir).root.glob("*.partial"))
+
+
+def test_the_taught_view_is_judged_apart_once_it_has_enough_rows(tmp_path: Path) -> None:
+    frozen = scored(REFERENCES)
+    taught_production = scored(REFERENCES[:20])
+    taught_worse = scored([WRONG if i % 4 == 0 else r for i, r in enumerate(REFERENCES[:20])])  # 5 of 20 lost
+    report = GATE.decide(frozen, frozen, taught_worse, taught_production)
+    assert report["rows"] == 40 and report["latency"]["answers"] == 60
+    assert report["taught"]["rows"] == 20 and report["taught"]["judged"]
+    assert (report["taught"]["accuracy"]["wins"], report["taught"]["accuracy"]["losses"]) == (0, 5)
+    assert report["reasons"][0].startswith("taught view: accuracy -0.250 vs production (0 rows won, 5 lost")
+    assert not report["passed"]
+    # Under min_taught_rows: reported with its differences, not judged.
+    few = GATE.decide(frozen, frozen, taught_worse[:10], taught_production[:10])
+    assert few["passed"] and not few["taught"]["judged"] and few["taught"]["accuracy"]["losses"] == 3
+    assert few["taught"]["note"] == "not judged: 10 rows, under min_taught_rows (20)"
+    # Stored with its rows, it replays.
+    write_report(tmp_path, report, frozen, frozen, taught_worse, taught_production)
+    assert replay(tmp_path / "gate.json") == json.loads(json.dumps(report))
+
+
+def test_a_report_stored_before_the_taught_view_replays(tmp_path: Path) -> None:
+    production = scored([WRONG if i % 9 == 0 else r for i, r in enumerate(REFERENCES)])
+    candidate = scored([r[: 8 + i % 19] for i, r in enumerate(REFERENCES)])
+    report = GATE.decide(candidate, production)
+    write_report(tmp_path, report, candidate, production)
+    stored = json.loads((tmp_path / "gate.json").read_text())
+    del stored["taught"], stored["taught_production"], stored["report"]["gate"]["min_taught_rows"]
+    (tmp_path / "gate.json").write_text(json.dumps(stored))  # as the earlier gate.json files are
+    assert replay(tmp_path / "gate.json")["reasons"] == report["reasons"]
+    assert "taught" not in replay(tmp_path / "gate.json")

@@ -74,12 +74,28 @@ async def test_asking_for_a_person_hands_off_until_an_agent_releases(data_dir: P
         assert row["label"] == "good" and row["messages"][-2]["content"] == stored.user_text
         assert not any(r["messages"][-2]["content"] == "我要转人工" for r in chats)
 
+        # Through the output word filter, as the answers it will teach: masked words masked, and a blocked
+        # word refuses the reply, naming its category; nothing of it is sent or stored.
+        masked_id = await service.agent_reply("telegram", "chat-1", AGENT, "别理那个傻瓜,订单三天到", "r-3")
+        assert delivered[-1] == ("chat-1", "别理那个**,订单三天到", masked_id)
+        kept = await bot.store.turn(masked_id)  # the same waiting question: its answer grows by a line
+        assert kept.answer.endswith("\n别理那个**,订单三天到") and "傻瓜" not in kept.answer
+        with pytest.raises(ValueError, match=r"the reply has words the shop blocks \(fraud\)"):
+            await service.agent_reply("telegram", "chat-1", AGENT, "我们可以帮你刷单", "r-4")
+        assert len(delivered) == 2 and "刷单" not in str([t.answer for t in await service.transcript("chat-1")])
+
         assert await service.release("telegram", "chat-1", AGENT)
         assert not await service.release("telegram", "chat-1", AGENT)  # already back with the bot
         back = await service.handle(says(ORDER_Q, 4))
         assert (back.outcome, back.text) == ("answered", ORDER_A)
         actions = [e["action"] for e in await bot.store.audit_events() if e["action"].startswith("handoff")]
-        assert actions == ["handoff_started", "handoff_reply", "handoff_reply_refused", "handoff_released"]
+        assert actions == [
+            "handoff_started",
+            "handoff_reply",
+            "handoff_reply_refused",
+            "handoff_reply",
+            "handoff_released",
+        ]
 
 
 async def test_an_idle_handoff_times_out_to_the_bot(data_dir: Path) -> None:

@@ -45,6 +45,28 @@ def test_a_change_waits_for_the_writer_holding_the_lock(tmp_path: Path) -> None:
     assert (state.current, state.candidate, state.ab_share, state.history) == ("v0002", "v0002", 0.5, ["v0001"])
 
 
+def test_a_new_version_name_is_chosen_under_the_lock_and_never_takes_a_build_in_progress(tmp_path: Path) -> None:
+    """The bot's first start builds the starter (`tuning bootstrap`) while a `tuning run` may build too."""
+    registry = registry_with(tmp_path, "v0001")
+    running, running_scratch = Registry(tmp_path).start_version()  # another builder, still at work
+    (running_scratch / "loss.jsonl").write_text("{}")
+    (registry.root / "v0009.partial").mkdir()  # left by a build that was killed: nobody holds it
+    with open(registry.root / LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a writer, between its read and its write
+        started: list[tuple[str, Path]] = []
+        builder = threading.Thread(target=lambda: started.append(registry.start_version()))
+        builder.start()
+        builder.join(timeout=0.5)
+        assert builder.is_alive() and not started
+        registry_with(tmp_path, "v0003")  # what the writer registers meanwhile
+    builder.join(timeout=5)
+    [(version, scratch)] = started
+    assert running == "v0002" and version == "v0004" and scratch == registry.root / "v0004.partial"
+    assert (running_scratch / "loss.jsonl").exists() and not (registry.root / "v0009.partial").exists()
+    registry.register(version, scratch, {"parent": "v0001"})
+    assert registry.versions() == ["v0001", "v0003", "v0004"] and registry.start_version()[0] == "v0005"
+
+
 def test_a_refused_change_leaves_the_state_as_it_was(tmp_path: Path) -> None:
     registry = registry_with(tmp_path, "v0001")
     registry.promote("v0001")

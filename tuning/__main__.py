@@ -90,7 +90,21 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the monthly job: dataset, train, export, evaluate, register, promote")
     r.add_argument("--base", help="start from this model instead of production (hub id, folder or .gguf)")
-    r.add_argument("--data", type=Path, nargs="*", default=[], help="extra data files to mix in")
+    r.add_argument(
+        "--data",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="extra data files to mix in; recorded, and trained on again by every later run of the line",
+    )
+    r.add_argument(
+        "--forget-data",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="stop training on a file earlier versions of the line trained on (e.g. one now missing)",
+    )
     r.add_argument("--eval", type=Path, help="score on this file instead of the eval set (refused if trained on)")
     r.add_argument("--ab", type=float, help="A/B test the result on this share of users instead of promoting")
     _training_args(r)
@@ -99,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-bleu-drop", type=float)
     r.add_argument("--max-p99", type=float, dest="max_p99_s", help="seconds (P90 when under 100 eval answers)")
     r.add_argument("--min-eval-rows", type=int, help="fewer eval rows: the gate refuses to decide (exit 3)")
+    r.add_argument("--min-taught-rows", type=int, help="fewer taught-view rows: reported, not judged by the gate")
     r.add_argument("--force", action="store_true", help="tune even without new rated chats")
     return p
 
@@ -108,11 +123,11 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
-        default="monthly",
-        help="where every unset knob comes from (pretrained: a first tune of a pretrained --base)",
+        help="where every unset knob comes from (default: chosen from the base, see README)",
     )
     p.add_argument("--method", choices=["lora", "full"])
-    p.add_argument("--steps", type=int)
+    p.add_argument("--epochs", type=float, help="passes over the training examples: the steps follow")
+    p.add_argument("--steps", type=int, help="optimiser steps, whatever the data's size")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
@@ -124,10 +139,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, dest="lora_dropout")
 
 
-def tune_config(args: argparse.Namespace) -> TuneConfig:
-    """The chosen preset, with every flag that was given (its dest is the field's name) in place."""
-    given = {f.name: getattr(args, f.name) for f in fields(TuneConfig) if getattr(args, f.name, None) is not None}
-    return preset(args.preset, **given)
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Every flag that was given whose dest is a TuneConfig field: it replaces the preset's value."""
+    return {f.name: getattr(args, f.name) for f in fields(TuneConfig) if getattr(args, f.name, None) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,17 +191,20 @@ def cmd_dataset(args: argparse.Namespace, settings: BotSettings, registry: Regis
 
 def cmd_train(args: argparse.Namespace, settings: BotSettings, registry: Registry) -> int:
     from tuning import dataset, split
+    from tuning.monthly import choose_preset
     from tuning.train import fine_tune
 
-    base = args.base
+    base, version = args.base, None
     if base in {"current", "candidate"} or base in registry.versions():
-        base = str(registry.hf_dir(registry.resolve(base)))
+        version = registry.resolve(base)
+        base = str(registry.hf_dir(version))
     rows = dataset.load_split(args.data, "train")
     held_out = [r["messages"] for r in dataset.load_split(args.data, "eval")]
     split.require_unseen(held_out, set().union(*(split.asked(r["messages"]) for r in rows)), "train.jsonl")
     chats = [with_system(settings.system_prompt, r["messages"]) for r in rows]
-    losses = fine_tune(base, chats, args.out, tune_config(args), resume=args.resume)
-    _print({"model": str(args.out / HF_DIR), "steps": len(losses), "final_loss": losses[-1]})
+    name = args.preset or choose_preset(registry, version)[0]
+    losses = fine_tune(base, chats, args.out, preset(name, **overrides(args)), resume=args.resume)
+    _print({"model": str(args.out / HF_DIR), "preset": name, "steps": len(losses), "final_loss": losses[-1]})
     return 0
 
 
@@ -263,22 +280,20 @@ def cmd_eval(args: argparse.Namespace, settings: BotSettings, registry: Registry
     from tuning import split
     from tuning.evaluate import evaluate_views, report
     from tuning.formats import read_chats
+    from tuning.monthly import kept_views
 
     folder = Path(args.model)
     registered = not (folder / GENAI_CONFIG).exists()  # else an ONNX folder, which records no training data
     name = registry.resolve(args.model) if registered else folder.name
     folder = registry.onnx_dir(name) if registered else folder
-    trained = split.trained_questions(registry, name) if registered else set()
     if args.data:
         chats = read_chats(args.data)
-        split.require_unseen(chats, trained, name)
+        split.require_unseen(chats, split.trained_questions(registry, name) if registered else set(), name)
         views = {args.data.name: chats[: args.limit]}
-    else:  # the eval set the version was scored on, less any row it trained on as a rated chat
-        kept = registry.manifest(name).get("eval_set", {}).get("file") if registered else None
-        if not kept:
-            raise ValueError(f"{name} records no kept eval set: give --data")
-        rows = [r for r in split.load(registry.root, kept).rows if split.question(r["messages"]) not in trained]
-        views = split.by_view(rows[: args.limit])
+    elif registered:  # the rows the version was scored on (all three views), less any it trained on
+        views = {view: chats[: args.limit] for view, chats in kept_views(registry, name).items()}
+    else:
+        raise ValueError(f"{name} records no kept eval set: give --data")
     model = ChatModel(name, folder, GenerationSettings(max_new_tokens=settings.max_new_tokens))
     result = report(name, *evaluate_views(model, views, settings.system_prompt))
     if args.out:
@@ -360,9 +375,11 @@ def cmd_run(args: argparse.Namespace, settings: BotSettings, registry: Registry)
     from tuning.monthly import NothingToDo, RunOptions, run
 
     options = RunOptions(
-        config=tune_config(args),
+        preset=args.preset,
+        overrides=overrides(args),
         base=args.base,
         extra_files=args.data,
+        forget_files=args.forget_data,
         eval_file=args.eval,
         ab_share=args.ab,
         force=args.force,

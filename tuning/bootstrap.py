@@ -106,6 +106,7 @@ def bootstrap(
         raise formats.DataError("no training data")
     trained_on = "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows["train"])
     chats = [with_system(system_prompt, r["messages"]) for r in rows["train"]]
+    cfg = cfg.sized(len(chats))
     tokenizer = build_tokenizer([m["content"] for chat in chats for m in chat])
     model = build_model(tokenizer, seed=cfg.seed)
     version, scratch = registry.start_version()
@@ -122,6 +123,8 @@ def bootstrap(
             "base_model": "starter (Qwen2, trained from scratch)",
             "parameters": model.num_parameters(),
             "data_files": [str(p) for p in files],
+            # Files other than the shipped sample: every later tune of this line trains on them again.
+            "replay": [dataset.file_record(p) for p in files if p.resolve() not in formats.shipped_files()],
             "data_hashes": {TRAINED_ON: hashlib.sha256(trained_on.encode()).hexdigest()},
             "eval_set": card["eval_set"],
             "examples": len(chats),

@@ -1,12 +1,15 @@
 """Every tuning knob, in one typed block (nanoGPT style), and the named presets built from it.
 
 The field defaults are the `monthly` preset; the other presets change only what differs from it.
-`python -m tuning train|run --preset NAME` starts from a preset and any flag given overrides a field.
-Each registered version's manifest stores the whole block it ran with (`"config"`, preset included).
+`python -m tuning train|run` picks the preset from the base (tuning/monthly.py `choose_preset`);
+`--preset NAME` picks it instead, and any flag given overrides a field. A preset sets `epochs`: the
+optimiser steps follow from the data's size (`sized`) unless `steps` is given. Each registered
+version's manifest stores the whole block it ran with (`"config"`: preset and steps included).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,7 +18,8 @@ from typing import Any
 class TuneConfig:
     preset: str = "monthly"  # the named preset these values started from (recorded in manifests)
     # --- optimisation
-    steps: int = 300  # optimiser steps
+    epochs: float = 14  # passes over the training examples (rated chats counted chat_weight times)
+    steps: int | None = None  # optimiser steps; None: from epochs and the data's size (`sized`)
     batch_size: int = 16  # chats per micro-batch
     grad_accum: int = 1  # micro-batches per optimiser step
     lr: float = 2e-3  # peak learning rate, after the linear warmup
@@ -43,22 +47,38 @@ class TuneConfig:
     # Fewer held-out rows and the gate refuses to decide: one row would be over 3% of the score and the
     # bootstrap interval too wide to tell a drop from noise. The shipped sample data holds out 92 (tuning/split.py).
     min_eval_rows: int = 30
+    # The "taught" view (held-out agents' answers, tuning/split.py) is judged by the same drops once it has
+    # this many rows; with fewer it is reported, not judged.
+    min_taught_rows: int = 20
     # --- export
     precision: str | None = None  # the served build: "fp32", "int4", or None (int4 from pretrained size up)
 
+    def steps_for(self, examples: int) -> int:
+        """`steps` when given, else the optimiser steps that make `epochs` passes over `examples` chats."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * examples / (self.batch_size * self.grad_accum)))
 
-MONTHLY = TuneConfig()  # continue the production model: fewer steps and a lower lr than `scratch`
+    def sized(self, examples: int) -> TuneConfig:
+        """This block with its steps for `examples` chats filled in: what a manifest records."""
+        return replace(self, steps=self.steps_for(examples))
+
+
+# The increment of the small starter line: LoRA on its merged weights. 14 epochs is ~300 steps on the
+# sample data (326 train rows): the 2M-parameter starter learns a corrected answer only by repetition.
+MONTHLY = TuneConfig()
 PRESETS = {
-    # The offline starter model, a small Qwen2 trained from nothing (tuning/bootstrap.py).
+    # The offline starter model, a small Qwen2 trained from nothing (tuning/bootstrap.py): ~400 steps.
     "scratch": replace(
-        MONTHLY, preset="scratch", method="full", steps=400, batch_size=32, lr=4e-3, warmup=20, checkpoint_every=0
+        MONTHLY, preset="scratch", method="full", epochs=40, batch_size=32, lr=4e-3, warmup=20, checkpoint_every=0
     ),
     "monthly": MONTHLY,
-    # A first LoRA tune of a pretrained base (`tuning run --base ... --preset pretrained`). A starting point,
-    # not a measured optimum: ~2 epochs of the shipped sample data (326 train rows); for other data take
-    # steps ~ epochs * rows / (batch_size * grad_accum), and for a 7B on 24 GB add
-    # --grad-checkpointing --batch-size 4 --grad-accum 4.
-    "pretrained": replace(MONTHLY, preset="pretrained", steps=50, lr=2e-4, warmup=5),
+    # A first LoRA tune of a pretrained base (`tuning run --base ...`). A starting point, not a measured
+    # optimum; for a 7B on 24 GB add --grad-checkpointing --batch-size 4 --grad-accum 4.
+    "pretrained": replace(MONTHLY, preset="pretrained", epochs=2, lr=2e-4, warmup=5),
+    # The monthly increment of a line that began from a pretrained base: gentle, so a month's few rated
+    # chats adjust the model without wearing away what the base knew (the earlier data is replayed too).
+    "pretrained-monthly": replace(MONTHLY, preset="pretrained-monthly", epochs=1, lr=1e-4, warmup=5),
 }
 
 

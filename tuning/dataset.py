@@ -10,8 +10,11 @@ written as a Hugging Face DatasetDict and as chat JSONL, with a small data card.
   rows per rater); `exclude_raters` builds the dataset as if those raters had never rated or corrected anything;
 - personal data is masked again; duplicates are dropped (rated chats win over file rows);
 - the file rows are split by `tuning.split` (the eval set of their data version is kept under the
-  registry); rated chats always train (they are what the monthly tune is for), and an eval row whose
-  question a training row asks is left out of this dataset's eval split (counted in the card).
+  registry); an eval row whose question a training row asks is left out of this dataset's eval split
+  (counted in the card);
+- rated chats train (they are what the monthly tune is for), but for a share held out, by question, as
+  the eval view "taught" (`split.taught`: is the model learning what agents teach, on questions it
+  never trained on?); the card counts them.
 """
 
 from __future__ import annotations
@@ -122,6 +125,36 @@ def file_rows(paths: list[Path]) -> list[dict[str, Any]]:
     ]
 
 
+def file_record(path: Path) -> dict[str, str]:
+    """What a manifest keeps of a data file a version trained on, to train on it again (`replayed`)."""
+    return {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def replayed(recorded: list[dict[str, str]], given: list[Path], forget: list[Path], line: str) -> list[Path]:
+    """The data files a tune trains on: those its line trained on (`recorded`, as `file_record` wrote
+    them), checked to be as they were then, and the `given` ones; `forget` leaves recorded ones out. A
+    file given again is taken as it is now. A recorded file now missing or changed is refused (DataError),
+    naming it and the ways out."""
+    again = {str(p.resolve()) for p in [*given, *forget]}
+    kept = []
+    for entry in recorded:
+        path = Path(entry["path"])
+        if entry["path"] in again:
+            continue
+        if not path.is_file():
+            raise formats.DataError(
+                f"{path} is missing: {line} trained on it, and every tune of the line trains on it again; "
+                f"restore it, or leave it out with --forget-data {path}"
+            )
+        if file_record(path)["sha256"] != entry["sha256"]:
+            raise formats.DataError(
+                f"{path} changed since {line} trained on it: restore it, give it as --data to train on it as "
+                f"it is now, or leave it out with --forget-data {path}"
+            )
+        kept.append(path)
+    return kept + given
+
+
 def _prompt_key(row: dict[str, Any]) -> str:
     """Everything before the answer, normalised: rows with the same key are duplicates."""
     return json.dumps([[m["role"], normalise_question(m["content"])] for m in row["messages"][:-1]], ensure_ascii=False)
@@ -144,12 +177,22 @@ def build(
     by_prompt = {_prompt_key(row): row for row in file_rows(files)}  # a later file's row replaces an earlier one
     evals = split.eval_set([r["messages"] for r in by_prompt.values()], registry_root)
     by_prompt |= {_prompt_key(row): row for row in chats if row["label"] != "bad"}  # rated chats win
-    train = [r for r in by_prompt.values() if r["source"] == "chats" or evals.allows(r["messages"])]
+    rated = [r["messages"] for r in by_prompt.values() if r["source"] == "chats"]
+    files_train = [r["messages"] for r in by_prompt.values() if r["source"] != "chats" and evals.allows(r["messages"])]
+    taught = split.taught(rated, files_train)
+
+    def trains(row: dict[str, Any]) -> bool:
+        if row["source"] == "chats":
+            return split.question(row["messages"]) not in taught
+        return evals.allows(row["messages"])
+
+    train = [r for r in by_prompt.values() if trains(r)]
     trained = set().union(*(split.asked(r["messages"]) for r in train))
     held_out = [r for r in evals.rows if split.question(r["messages"]) not in trained]
+    taught_rows = [r | {"view": split.TAUGHT} for r in by_prompt.values() if r["source"] == "chats" and not trains(r)]
     splits: dict[str, list[dict[str, Any]]] = {
         "train": train,
-        "eval": [_row(r["messages"], "eval_set", view=r["view"]) for r in held_out],
+        "eval": [_row(r["messages"], "eval_set", view=r["view"]) for r in held_out] + taught_rows,
         "negatives": [r for r in chats if r["label"] == "bad"],
     }
     card = {
@@ -158,8 +201,9 @@ def build(
         "chat_labels": dict(counts),
         "files": [str(p) for p in files],
         "eval_set": evals.record(),
-        "eval_views": dict(Counter(r["view"] for r in held_out)),
-        "eval_asked_in_training": len(evals.rows) - len(held_out),  # by rated chats: they always train
+        "eval_views": dict(Counter(r["view"] for r in splits["eval"])),
+        "taught_rows": len(taught_rows),  # rated chats held out as the taught view (split.TAUGHT_PERCENT)
+        "eval_asked_in_training": len(evals.rows) - len(held_out),  # by rated chats that train
         "rows_per_rater": dict(Counter(rater for rows in splits.values() for r in rows for rater in r["raters"] or [])),
         "excluded_raters": sorted(exclude_raters),
     }

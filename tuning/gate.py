@@ -6,6 +6,11 @@ fixed seed). A candidate passes only if the interval's lower bound is not below 
 than production by more than the allowed drop", shown on these rows, not just a point estimate that
 happens to look fine. The report, with both models' per-row results, is stored as the version's
 gate.json; `replay` decides again from it and gets the same answer.
+
+The rows are the frozen views' (tuning/split.py: unseen phrasings and questions, at least min_eval_rows).
+The taught view (held-out agents' answers) is compared the same way, apart: with at least
+min_taught_rows rows its drops are reasons too ("taught view: ..."); with fewer it is reported, not
+judged, as a handful of rows cannot tell a drop from noise. Latency is judged on every answer.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Gate:
     max_bleu_drop: float
     max_p99_s: float
     min_eval_rows: int
+    min_taught_rows: int = 20  # absent from reports stored before the taught view: they replay as before
     # the bootstrap: fixed, and stored with each report, so a decision can be made again from it
     resamples: int = 1000
     seed: int = 0
@@ -43,7 +49,7 @@ class Gate:
 
     @classmethod
     def from_config(cls, cfg: TuneConfig) -> Gate:
-        return cls(cfg.max_accuracy_drop, cfg.max_bleu_drop, cfg.max_p99_s, cfg.min_eval_rows)
+        return cls(cfg.max_accuracy_drop, cfg.max_bleu_drop, cfg.max_p99_s, cfg.min_eval_rows, cfg.min_taught_rows)
 
     def require_rows(self, rows: int) -> None:
         """Refuse to decide on fewer than `min_eval_rows` rows (checked before training, and again here)."""
@@ -53,11 +59,18 @@ class Gate:
                 "to decide; add data (--data) so more rows are held out (never scoring on training rows)"
             )
 
-    def decide(self, candidate: list[Row], production: list[Row] | None) -> dict[str, Any]:
+    def decide(
+        self,
+        candidate: list[Row],
+        production: list[Row] | None,
+        taught: list[Row] | None = None,
+        taught_production: list[Row] | None = None,
+    ) -> dict[str, Any]:
         """The report: the gate's settings, the latency judged, the paired differences with their
-        intervals, and the `reasons` not to promote (none: `passed`). No production version: latency only."""
+        intervals (`taught`: the taught view's rows, apart), and the `reasons` not to promote (none:
+        `passed`). No production version: latency only."""
         self.require_rows(len(candidate))
-        latency = self._latency(candidate)
+        latency = self._latency(candidate + (taught or []))
         report: dict[str, Any] = {"gate": asdict(self), "rows": len(candidate), "latency": latency}
         reasons = []
         if latency["seconds"] > self.max_p99_s:
@@ -66,21 +79,37 @@ class Gate:
                 f"{note}{latency['label'].upper()} latency {latency['seconds']:.3f}s is over {self.max_p99_s}s"
             )
         if production is not None:
-            if len(production) != len(candidate):
-                raise ValueError(f"not paired: {len(candidate)} candidate rows, {len(production)} production rows")
             report |= self._compare(candidate, production)
-            rows = "{wins} rows won, {losses} lost, {ties} tied; ".format(**report["accuracy"])
-            for key, name, drop, detail in (
-                ("accuracy", "accuracy", self.max_accuracy_drop, rows),
-                ("bleu4", "BLEU-4", self.max_bleu_drop, ""),
-            ):
-                low, high = report[key]["ci"]
-                if low < -drop:
-                    reasons.append(
-                        f"{name} {report[key]['difference']:+.3f} vs production ({detail}{self.confidence:.0%} CI "
-                        f"{low:+.3f} to {high:+.3f}): the lower bound is under -{drop}"
-                    )
+            reasons += self._drops(report, "")
+        if taught:
+            view: dict[str, Any] = {"rows": len(taught), "judged": False}
+            if taught_production is None:
+                view["note"] = "no production version to compare with"
+            else:
+                view |= self._compare(taught, taught_production)
+                view["judged"] = len(taught) >= self.min_taught_rows
+                if view["judged"]:
+                    reasons += self._drops(view, "taught view: ")
+                else:
+                    view["note"] = f"not judged: {len(taught)} rows, under min_taught_rows ({self.min_taught_rows})"
+            report["taught"] = view
         return report | {"reasons": reasons, "passed": not reasons}
+
+    def _drops(self, compared: dict[str, Any], prefix: str) -> list[str]:
+        """Why not to promote, from `_compare`'s differences: each whose interval reaches below -max drop."""
+        reasons = []
+        rows = "{wins} rows won, {losses} lost, {ties} tied; ".format(**compared["accuracy"])
+        for key, name, drop, detail in (
+            ("accuracy", "accuracy", self.max_accuracy_drop, rows),
+            ("bleu4", "BLEU-4", self.max_bleu_drop, ""),
+        ):
+            low, high = compared[key]["ci"]
+            if low < -drop:
+                reasons.append(
+                    f"{prefix}{name} {compared[key]['difference']:+.3f} vs production ({detail}{self.confidence:.0%} "
+                    f"CI {low:+.3f} to {high:+.3f}): the lower bound is under -{drop}"
+                )
+        return reasons
 
     def _latency(self, rows: list[Row]) -> dict[str, Any]:
         times = [r.latency_s for r in rows]
@@ -95,6 +124,8 @@ class Gate:
         A resample is how often each row is drawn in n draws with replacement. BLEU-4 is recomputed on each
         from the summed n-gram counts of the drawn rows, which is exactly sacrebleu's corpus BLEU on them
         (no per-row approximation); 1,000 resamples of a few hundred rows take well under a second."""
+        if len(production) != len(candidate):
+            raise ValueError(f"not paired: {len(candidate)} candidate rows, {len(production)} production rows")
         n = len(candidate)
         correct = [np.array([r.correct for r in rows], dtype=float) for rows in (candidate, production)]
         stats = [np.array([r.bleu_stats for r in rows], dtype=np.int64) for rows in (candidate, production)]
@@ -118,23 +149,42 @@ class Gate:
         return report
 
 
-def write_report(folder: Path, report: dict[str, Any], candidate: list[Row], production: list[Row] | None) -> None:
+def write_report(
+    folder: Path,
+    report: dict[str, Any],
+    candidate: list[Row],
+    production: list[Row] | None,
+    taught: list[Row] | None = None,
+    taught_production: list[Row] | None = None,
+) -> None:
     """gate.json: the report and the per-row results it was decided on."""
-    stored = {
-        "report": report,
-        "candidate": [asdict(r) for r in candidate],
-        "production": None if production is None else [asdict(r) for r in production],
-    }
-    (folder / REPORT).write_text(json.dumps(stored, indent=1))
+
+    def stored(rows: list[Row] | None) -> list[dict[str, Any]] | None:
+        return None if rows is None else [asdict(r) for r in rows]
+
+    (folder / REPORT).write_text(
+        json.dumps(
+            {
+                "report": report,
+                "candidate": stored(candidate),
+                "production": stored(production),
+                "taught": stored(taught),
+                "taught_production": stored(taught_production),
+            },
+            indent=1,
+        )
+    )
 
 
 def replay(path: Path) -> dict[str, Any]:
-    """The decision again, from a stored gate.json: its settings applied to its per-row results."""
+    """The decision again, from a stored gate.json: its settings applied to its per-row results (a report
+    stored before the taught view has none: `get` gives None)."""
     stored = json.loads(path.read_text())
 
-    def rows(stored_rows: list[dict[str, Any]]) -> list[Row]:
-        return [Row(r["correct"], tuple(r["bleu_stats"]), r["latency_s"]) for r in stored_rows]
+    def rows(key: str) -> list[Row] | None:
+        if stored.get(key) is None:
+            return None
+        return [Row(r["correct"], tuple(r["bleu_stats"]), r["latency_s"]) for r in stored[key]]
 
-    production = stored["production"]
     gate = Gate(**stored["report"]["gate"])
-    return gate.decide(rows(stored["candidate"]), None if production is None else rows(production))
+    return gate.decide(rows("candidate") or [], rows("production"), rows("taught"), rows("taught_production"))

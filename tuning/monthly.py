@@ -2,7 +2,12 @@
 
 Both models answer the same held-out rows (tuning/split.py): the eval set kept for the data version
 (less any row whose question the candidate or production trained on, as a rated chat), or an `--eval`
-file, refused if it asks anything they trained on.
+file, refused if it asks anything they trained on; and the taught view, the rated chats held out.
+
+The preset follows the base (`choose_preset`) unless one is given, and the steps the data's size
+(TuneConfig.sized). Every `--data` file a version trained on is in its manifest (`replay`: path and
+SHA-256) and trained on again by every later tune of its line, refused when missing or changed
+(dataset.replayed).
 
 Safe to run twice: a lock keeps two runs apart, a run with no new rated chats stops early, and a
 version is registered only when complete, so a killed run leaves production serving as it was.
@@ -29,8 +34,8 @@ from bot.models.registry import HF_DIR, ONNX_DIR, Registry
 from bot.models.runtime import ChatModel, GenerationSettings
 from bot.store import Store, store_location
 from tuning import dataset, split
-from tuning.config import MONTHLY, TuneConfig
-from tuning.evaluate import Evaluation, evaluate_views, report
+from tuning.config import preset
+from tuning.evaluate import Evaluation, Row, evaluate_views, report
 from tuning.formats import read_chats
 from tuning.gate import Gate, write_report
 from tuning.train import fine_tune, require_base
@@ -47,9 +52,11 @@ class NothingToDo(Exception):
 
 @dataclass
 class RunOptions:
-    config: TuneConfig = MONTHLY  # every tuning knob
+    preset: str | None = None  # None: chosen from the base (`choose_preset`)
+    overrides: dict[str, Any] = field(default_factory=dict)  # TuneConfig fields that replace the preset's
     base: str | None = None  # None: the current production version
     extra_files: list[Path] = field(default_factory=list)
+    forget_files: list[Path] = field(default_factory=list)  # recorded files the line stops replaying
     eval_file: Path | None = None  # None: the eval set kept for the data version
     ab_share: float | None = None
     force: bool = False
@@ -73,6 +80,18 @@ def chats_hash(rows: list[dict[str, Any]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def choose_preset(registry: Registry, version: str | None) -> tuple[str, str]:
+    """The preset for a tune of `version` (None: a base with no manifest, a hub id, folder or .gguf), and why.
+    A version's line is it and the versions it was tuned from; its first version says how it began."""
+    if version is None:
+        return "pretrained", "a first tune of a pretrained base"
+    first = registry.line(version)[-1]
+    began = registry.manifest(first).get("tuned_from")
+    if began is None:  # only the starter (tuning/bootstrap.py) was tuned from nothing
+        return "monthly", f"{version}'s line began from the starter, {first}"
+    return "pretrained-monthly", f"{version}'s line began from the pretrained {began}"
+
+
 def run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, Any]:
     with run_lock(data_dir):
         return _run(data_dir, system_prompt, options)
@@ -88,20 +107,26 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     timings: dict[str, float] = {}
     began = time.perf_counter()
 
-    store = store_location(data_dir, options.database_url)
-    splits, card = dataset.build(store, options.extra_files, registry_root=registry.root)
-    rated = [r for r in splits["train"] if r["source"] == "chats"]
+    tuned_from = None if options.base else state.current  # a version, or None: a base with no manifest
     parent = registry.manifest(state.current) if state.current else {}
+    recorded = registry.manifest(tuned_from).get("replay", []) if tuned_from else []
+    files = dataset.replayed(recorded, options.extra_files, options.forget_files, str(tuned_from))
+    store = store_location(data_dir, options.database_url)
+    splits, card = dataset.build(store, files, registry_root=registry.root)
+    rated = [r for r in splits["train"] if r["source"] == "chats"]
     new_hash = chats_hash(splits["train"])
     if not options.force and (not rated or parent.get("chats_hash") == new_hash):
         raise NothingToDo(
             "no new rated chats since the current version: nothing to tune "
             "(agents rate answers with reactions or /feedback; --force tunes anyway)"
         )
-    cfg = options.config
+    name, why = (options.preset, "given") if options.preset else choose_preset(registry, tuned_from)
+    log.info("preset %s (%s)", name, why)
+    cfg = preset(name, **options.overrides)
     gate = Gate.from_config(cfg)
     views, eval_set = _eval_views(registry, state.current, splits, card, options.eval_file, cfg.eval_limit)
-    gate.require_rows(sum(map(len, views.values())))  # before training: too few rows and the gate would not decide
+    # before training: too few rows and the gate would not decide
+    gate.require_rows(sum(len(chats) for view, chats in views.items() if view != split.TAUGHT))
     timings["dataset_s"] = time.perf_counter() - began
 
     version, scratch = registry.start_version()
@@ -112,6 +137,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
         for r in splits["train"]
         for _ in range(cfg.chat_weight if r["source"] == "chats" else 1)
     ]
+    cfg = cfg.sized(len(chats))
     log.info("%s: tuning %s on %d examples (%d rated chats) with %s", version, base, len(chats), len(rated), cfg.method)
     t = time.perf_counter()
     losses = fine_tune(base, chats, scratch, cfg)
@@ -127,9 +153,11 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     if state.current:
         production, production_report = _score(state.current, registry.onnx_dir(state.current), views, system_prompt)
     timings["evaluate_s"] = time.perf_counter() - t
-    production_rows = production.rows if production else None
-    decision = gate.decide(candidate.rows, production_rows)  # on all views' rows together
-    write_report(scratch, decision, candidate.rows, production_rows)  # with the version: `replay` decides again
+    frozen, taught = _gate_rows(candidate)
+    production_frozen, production_taught = _gate_rows(production) if production else (None, None)
+    # the frozen views' rows together, and the taught view's apart (tuning/gate.py)
+    decision = gate.decide(frozen, production_frozen, taught, production_taught)
+    write_report(scratch, decision, frozen, production_frozen, taught, production_taught)  # `replay` decides again
 
     registry.register(
         version,
@@ -139,6 +167,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
             "base_model": str(options.base or parent.get("base_model", base)),
             "tuned_from": options.base or state.current,  # what the adapter applies to: --base or a version
             "data_hashes": {f"{DATASET_DIR}/train.jsonl": data_hashes["train.jsonl"]},  # what it trained on
+            "replay": [dataset.file_record(p) for p in files],  # later tunes of its line train on these again
             "eval_set": eval_set,
             "chats_hash": new_hash,
             "data_card": card,
@@ -168,6 +197,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     asyncio.run(audit(store, cli_actor(), "tuning_run", target=f"model:{version}", result=outcome))
     return {
         "version": version,
+        "preset": f"{name} ({why})",
         "outcome": outcome,
         "promoted": not reasons and not options.ab_share,
         "gate_passed": decision["passed"],
@@ -188,25 +218,53 @@ def _eval_views(
     eval_file: Path | None,
     limit: int | None,
 ) -> tuple[dict[str, list[Chat]], dict[str, Any]]:
-    """The rows both models answer, by view, and what the manifest keeps of where they came from."""
+    """The rows both models answer, by view, and what the manifest keeps of where they came from. The
+    taught view is scored beside the kept eval set or an `--eval` file."""
     trained = split.trained_questions(registry, production)  # the candidate's own: already out of the eval split
+    rows = [r for r in splits["eval"] if split.question(r["messages"]) not in trained]
+    taught = [r["messages"] for r in rows if r["view"] == split.TAUGHT][: limit or None]
+    views = {split.TAUGHT: taught} if taught else {}
     if eval_file is not None:
         chats = read_chats(eval_file)
         train_questions = set().union(*(split.asked(r["messages"]) for r in splits["train"]))
         split.require_unseen(chats, trained | train_questions, "the candidate or production")
         digest = hashlib.sha256(eval_file.read_bytes()).hexdigest()
-        return {eval_file.name: chats[: limit or None]}, {"file": None, "source": str(eval_file), "sha256": digest}
-    rows = [r for r in splits["eval"] if split.question(r["messages"]) not in trained]
+        kept = {"file": None, "source": str(eval_file), "sha256": digest}
+        return {eval_file.name: chats[: limit or None]} | views, kept | {"taught": len(taught)}
+    frozen = [r for r in rows if r["view"] != split.TAUGHT]
     skipped = card["eval_asked_in_training"] + len(splits["eval"]) - len(rows)
-    return split.by_view(rows[: limit or None]), card["eval_set"] | {"asked_in_training": skipped}
+    kept = card["eval_set"] | {"asked_in_training": skipped, "taught": len(taught)}
+    return split.by_view(frozen[: limit or None]) | views, kept
 
 
 def _score(
     version: str, onnx_dir: Path, views: dict[str, list[Chat]], system_prompt: str
-) -> tuple[Evaluation, dict[str, Any]]:
-    """A model's evaluation (all views' rows), and the report a manifest keeps (metrics, also per view)."""
+) -> tuple[dict[str, Evaluation], dict[str, Any]]:
+    """A model's evaluation of each view, and the report a manifest keeps (metrics of all views' rows
+    together, and of each)."""
     evaluation, by_view = evaluate_views(ChatModel(version, onnx_dir, GenerationSettings()), views, system_prompt)
-    return evaluation, report(version, evaluation, by_view)
+    return by_view, report(version, evaluation, by_view)
+
+
+def _gate_rows(by_view: dict[str, Evaluation]) -> tuple[list[Row], list[Row] | None]:
+    """What the gate judges: the frozen views' rows together, and the taught view's (None: no such view)."""
+    frozen = [row for view, part in by_view.items() if view != split.TAUGHT for row in part.rows]
+    taught = by_view.get(split.TAUGHT)
+    return frozen, taught.rows if taught else None
+
+
+def kept_views(registry: Registry, version: str) -> dict[str, list[Chat]]:
+    """The rows `tuning eval` scores a registered version on: its kept eval set and the taught rows it was
+    scored on (in its dataset folder), less any row it or its line trained on."""
+    kept = registry.manifest(version).get("eval_set", {}).get("file")
+    if not kept:
+        raise ValueError(f"{version} records no kept eval set: give --data")
+    rows = list(split.load(registry.root, kept).rows)
+    taught_file = registry.path(version) / DATASET_DIR / "eval.jsonl"
+    if taught_file.exists():
+        rows += [r for r in dataset.load_split(taught_file.parent, "eval") if r["view"] == split.TAUGHT]
+    trained = split.trained_questions(registry, version)
+    return split.by_view([r for r in rows if split.question(r["messages"]) not in trained])
 
 
 async def audit(location: Path | str, actor: str, action: str, target: str | None = None, **detail: Any) -> None:

@@ -10,6 +10,13 @@ eval set has two views:
 A held-out row whose question a training row also asks (in any user turn) trains instead, so no eval
 question, normalised, appears in the training data.
 
+A third view, "taught", holds out some of what agents taught (`taught`): of the rated chats that train
+(agents' 👍, corrections, hand-off replies), those whose question hashes under TAUGHT_PERCENT, keyed by
+the question, so chats asking the same question are all held out or all trained. The same rule applies:
+a question a training row asks (in any user turn: a file row, or a later turn of the same
+conversation) trains instead. It is not kept like the file rows' eval set: rated chats change monthly,
+and each version keeps the taught rows it was scored on in its `dataset/eval.jsonl`.
+
 The eval set of a data version (the hash of its file rows) is written once under the registry,
 `models/eval/<hash>.jsonl`, and read back by every later bootstrap, dataset and run on that data:
 every version and every gate is scored on the same rows.
@@ -31,10 +38,12 @@ from bot.models.chat import Chat
 from bot.models.registry import Registry
 from tuning.formats import DataError
 
-TRAIN, UNSEEN_PHRASINGS, UNSEEN_QUESTIONS = "train", "unseen_phrasings", "unseen_questions"
-VIEWS = (UNSEEN_PHRASINGS, UNSEEN_QUESTIONS)
+TRAIN, UNSEEN_PHRASINGS, UNSEEN_QUESTIONS, TAUGHT = "train", "unseen_phrasings", "unseen_questions", "taught"
 UNSEEN_QUESTION_PERCENT = 10  # of the answer groups
 UNSEEN_PHRASING_PERCENT = 20  # of the further phrasings in each other group
+# Of the questions agents answered, unless a training row asks it. The same hash as the phrasings': a
+# question held out of the sample data is held out of the rated chats too.
+TAUGHT_PERCENT = 20
 EVAL_DIR = "eval"  # in the registry folder
 
 
@@ -74,6 +83,18 @@ def sides(chats: list[Chat]) -> list[str]:
             return out
         for i in clashes:
             out[i] = TRAIN
+
+
+def taught(rated: list[Chat], trained: list[Chat]) -> set[str]:
+    """The questions of the `rated` chats held out as the taught view (the rule: this module's docstring);
+    `trained`: every other chat that trains."""
+    others = set().union(*map(asked, trained))
+    held = {q for q in map(question, rated) if _bucket(q) < TAUGHT_PERCENT} - others
+    while True:  # a rated chat that trains may ask a held-out question in an earlier turn: that one trains too
+        clashes = held & set().union(*(asked(c) for c in rated if question(c) not in held))
+        if not clashes:
+            return held
+        held -= clashes
 
 
 def data_version(chats: list[Chat]) -> str:
@@ -139,12 +160,10 @@ def trained_questions(registry: Registry, version: str | None) -> set[str]:
     """Every question `version` and the versions it was tuned from trained on, from the training files
     their manifests record (`data_hashes`, relative to the version folder)."""
     questions: set[str] = set()
-    while version in registry.versions():  # a hub model or a folder (`--base`) ends the line
-        manifest = registry.manifest(str(version))
-        for name in manifest.get("data_hashes", {}):
-            text = (registry.path(str(version)) / name).read_text(encoding="utf-8")
+    for member in registry.line(version):
+        for name in registry.manifest(member).get("data_hashes", {}):
+            text = (registry.path(member) / name).read_text(encoding="utf-8")
             questions.update(*(asked(json.loads(line)["messages"]) for line in text.splitlines() if line.strip()))
-        version = manifest.get("tuned_from")
     return questions
 
 

@@ -67,10 +67,10 @@ def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, to
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _lr_at(step: int, cfg: TuneConfig) -> float:
+def _lr_at(step: int, steps: int, cfg: TuneConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = (step - cfg.warmup) / max(1, steps - cfg.warmup)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -109,9 +109,10 @@ def train(
     order: list[int] = []
     rng = random.Random(cfg.seed + start)
     began = time.perf_counter()
-    for step in tqdm(range(start, cfg.steps), desc="train", initial=start, total=cfg.steps, mininterval=2):
+    steps = cfg.steps_for(len(chats))
+    for step in tqdm(range(start, steps), desc="train", initial=start, total=steps, mininterval=2):
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, steps, cfg)
         total = 0.0
         for _ in range(cfg.grad_accum):
             if len(order) < cfg.batch_size:
@@ -126,7 +127,7 @@ def train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(total)
-        if out_dir and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+        if out_dir and (step % cfg.log_every == 0 or step == steps - 1):
             with open(out_dir / "loss.jsonl", "a") as loss_log:
                 loss_log.write(
                     json.dumps({"step": step, "loss": round(total, 5), "s": round(time.perf_counter() - began, 2)})

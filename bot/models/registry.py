@@ -22,7 +22,8 @@ from typing import Any
 from bot.shared import publish_registry_change
 
 STATE = "state.json"
-LOCK = "state.lock"  # held while state.json is read, changed and written (see Registry._changing)
+LOCK = "state.lock"  # held while state.json is read, changed and written, or a version name chosen
+PARTIAL = ".partial"  # a version folder being built: `v0007.partial`, renamed to `v0007` when complete
 MANIFEST = "manifest.json"
 VERSION_NAME = re.compile(r"v\d{4,}")  # what start_version names: never a path
 # Inside a version folder: the merged PyTorch weights (what the next tune starts from) and their ONNX build.
@@ -48,6 +49,7 @@ class Registry:
         """With `redis_url` (BOT_REDIS_URL), every change of the state is also announced to the workers."""
         self.root = Path(data_dir) / "models"
         self.redis_url = redis_url
+        self._building: dict[str, int] = {}  # version -> the open, locked scratch folder (start_version)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -86,6 +88,15 @@ class Registry:
     def manifest(self, version: str) -> dict[str, Any]:
         return json.loads((self.path(version) / MANIFEST).read_text())
 
+    def line(self, version: str | None) -> list[str]:
+        """`version` and the registered versions it was tuned from (`tuned_from`), newest first; a hub model
+        or a folder (`tuning run --base`) ends the line, and the first version's `tuned_from` names it."""
+        line: list[str] = []
+        while version in self.versions():
+            line.append(str(version))
+            version = self.manifest(str(version)).get("tuned_from")
+        return line
+
     def resolve(self, name: str) -> str:
         """`current`, `candidate` or a version name -> a version name."""
         state = self.state()
@@ -98,13 +109,22 @@ class Registry:
     # --- writing ------------------------------------------------------------------------------
 
     def start_version(self) -> tuple[str, Path]:
-        """A fresh version name and the scratch folder to build it in."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        numbers = [int(v[1:]) for v in self.versions() if v[1:].isdigit()]
-        version = f"v{max(numbers, default=0) + 1:04d}"
-        scratch = self.root / f"{version}.partial"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
+        """A fresh version name and the scratch folder to build it in, chosen under the writers' lock:
+        two builders at once (the bot's first-start starter and a `tuning run`) get different names. The
+        scratch folder stays locked by this process until `register`; an unlocked one was left by a
+        killed build and is removed."""
+        with self._lock():
+            for left in self.root.glob(f"v*{PARTIAL}"):
+                if not _building(left):
+                    shutil.rmtree(left, ignore_errors=True)
+            taken = [p.name.removesuffix(PARTIAL) for p in self.root.iterdir() if p.is_dir()]
+            numbers = [int(name[1:]) for name in taken if VERSION_NAME.fullmatch(name)]
+            version = f"v{max(numbers, default=0) + 1:04d}"
+            scratch = self.root / f"{version}{PARTIAL}"
+            scratch.mkdir()
+            handle = os.open(scratch, os.O_RDONLY)
+            fcntl.flock(handle, fcntl.LOCK_EX)  # goes with the process, also when it is killed
+            self._building[version] = handle
         return version, scratch
 
     def register(self, version: str, scratch: Path, manifest: dict[str, Any]) -> Path:
@@ -112,6 +132,9 @@ class Registry:
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         final = self.root / version
         os.replace(scratch, final)
+        handle = self._building.pop(version, None)
+        if handle is not None:
+            os.close(handle)
         return final
 
     def update_manifest(self, version: str, **fields: Any) -> None:
@@ -155,14 +178,35 @@ class Registry:
         """The state to change, saved at the end unless the block raises. Writers (the admin API of
         every worker, the tuning commands) take turns on a file lock, so none overwrites another's
         change with a state it read before that change."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write: milliseconds
+        with self._lock():
             state = self.state()
             yield state
             _atomic_write(self.root / STATE, json.dumps(state.__dict__, indent=2))
         if self.redis_url:  # the workers would find it by polling; a notice has them swap at once
             publish_registry_change(self.redis_url, self.root.parent)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """The writers' lock, held for milliseconds: a read of the registry and a write."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+
+def _building(scratch: Path) -> bool:
+    """Whether a live process builds in this scratch folder (holds its lock, see `start_version`)."""
+    try:
+        handle = os.open(scratch, os.O_RDONLY)
+    except FileNotFoundError:  # registered meanwhile (renamed)
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)  # also lets go of the lock just taken
+    return False
 
 
 def _atomic_write(path: Path, text: str) -> None:
