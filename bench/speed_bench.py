@@ -1,8 +1,9 @@
-"""Real-size speed: the bot's runtime (onnxruntime-genai, INT4 build) against llama.cpp (the same
-Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF) on CPU. Prints markdown tables.
+"""Real-size speed: the bot's runtime (the batched ONNX Runtime loop of `bot/models/batching.py` on
+onnxruntime-genai's INT4 build) against onnxruntime-genai's own generator on the same build and
+llama.cpp on the same Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF, on CPU. Prints markdown tables.
 
-    .venv/bin/python bench/speed_bench.py [--gguf FILE] [--sections build,decode,ttft,agree,bot]
-                                          [--reps 3] [--bot-questions 100]
+    .venv/bin/python bench/speed_bench.py [--gguf FILE] [--sections build,decode,contention,ttft,agree,bot,concurrency]
+                                          [--reps 3] [--bot-questions 100] [--concurrent-questions 64]
 
 Needs the real model (`../shared/tools/get-pretrained-qwen`, run when --gguf is not given), llama.cpp's
 binding (`../shared/tools/install-llama-cpp .venv`) and the Bitext questions in `../shared/data/bitext/`.
@@ -11,23 +12,26 @@ binding (`../shared/tools/install-llama-cpp .venv`) and the Bitext questions in 
   child process (wall time; peak RSS of its largest process, from wait4). Built folders are kept in
   `.venv/bench-cache/`, so a rerun skips them (and reports the first build's numbers). Runs always.
 - decode: one ChatML prompt (bot's system prompt + a Bitext question), greedy, exactly 64 new tokens
-  (onnxruntime-genai: min_length = max_length = prompt + 64; llama.cpp: `Llama.generate`, which does not
-  stop at EOS, cut after 64), at 1 and 2 threads, engines alternating run by run, median of --reps after
-  one warm-up each. Time to first token is timed apart; decode tok/s counts the 63 tokens after it.
-- ttft: time to first token for a ~200-token prompt, same engines, median of 5.
-- agree: greedy answers (32 new tokens, stop at EOS) to 20 Bitext questions: INT4 vs fp32 build, and
-  fp32 build vs PyTorch eager (transformers on the PyTorch folder, torch.set_num_threads(2)).
+  (end tokens ignored by every engine), at 1 and 2 threads, engines alternating run by run, median of
+  --reps after one warm-up each. Time to first token is timed apart; decode tok/s counts the 63 tokens
+  after it. contention: the same with another process keeping one core busy.
+- ttft: time to first token for a ~200-token prompt, same engines, plus the bot's path with its system
+  prompt already read (as in the bot after its first answer); median of 5.
+- agree: greedy answers (32 new tokens, stop at EOS) to 20 Bitext questions: the bot's path vs
+  onnxruntime-genai's generator on the INT4 build, INT4 vs fp32 build, and fp32 build vs PyTorch eager.
 - bot: the real bot in-process (`bot.__main__.start`, model = the INT4 build, max_new_tokens 64, answer
   cache and rate limit off), --bot-questions distinct Bitext questions one at a time over POST /chat.
+- concurrency: the same bot, --concurrent-questions questions asked by 1, 4 and 8 customers at once
+  (each asks again when answered): answers/s, latency p50/p99, and the mean batch per model run.
 
-onnxruntime-genai models are the bot's `ChatModel` (its session options: intra_op_num_threads=N,
-inter_op_num_threads=1); llama.cpp gets n_threads = n_threads_batch = N.
+Every engine gets intra_op_num_threads=N, inter_op_num_threads=1 (llama.cpp: n_threads = n_threads_batch = N).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import gc
 import json
@@ -41,7 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +54,8 @@ sys.path.insert(0, str(ROOT))  # run as a script: import the project from the ch
 import onnxruntime_genai as og  # noqa: E402
 
 from bot.config import BotSettings  # noqa: E402
+from bot.models.batching import Decoder, Request, Search  # noqa: E402
 from bot.models.chat import with_system  # noqa: E402
-from bot.models.runtime import ChatModel, GenerationSettings  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 BITEXT = SHARED / "data" / "bitext" / "Bitext_Sample_Customer_Support_Training_Dataset_8b6ca3d.csv"
@@ -178,8 +182,11 @@ def section_build(gguf: Path) -> dict[str, Path]:
 
 
 def og_model(folder: Path, threads: int) -> og.Model:
-    """The bot's own loader: ChatModel with GenerationSettings(threads=N) (its session options)."""
-    return ChatModel(folder.name, folder, GenerationSettings(threads=threads)).model
+    """onnxruntime-genai's own generator, threads set as the bot sets them (its defaults run at half speed)."""
+    config = og.Config(str(folder))
+    options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    return og.Model(config)
 
 
 def og_run(model: og.Model, ids: list[int], new_tokens: int) -> Run:
@@ -201,7 +208,7 @@ def og_run(model: og.Model, ids: list[int], new_tokens: int) -> Run:
 
 
 def og_greedy(model: og.Model, ids: list[int], new_tokens: int) -> list[int]:
-    """Greedy answer as the bot makes it: at most `new_tokens`, EOS ends it."""
+    """onnxruntime-genai's greedy answer: at most `new_tokens`, EOS ends it."""
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + new_tokens, do_sample=False)
     generator = og.Generator(model, params)
@@ -211,6 +218,40 @@ def og_greedy(model: og.Model, ids: list[int], new_tokens: int) -> list[int]:
         generator.generate_next_token()
         tokens.append(int(generator.get_next_tokens()[0]))
     return tokens
+
+
+def our_greedy(decoder: Decoder, ids: list[int], new_tokens: int) -> list[int]:
+    """The bot's greedy answer: at most `new_tokens`, EOS ends it (and is not part of it)."""
+    request = Request(ids, new_tokens, Search())
+    decoder.submit(request)
+    request.done.wait()
+    return request.tokens
+
+
+def our_decoder(folder: Path, threads: int, eos: bool = False) -> Decoder:
+    """The bot's path (`bot/models/batching.py`); without `eos`, end tokens do not end a run, so it
+    gives exactly the tokens asked for."""
+    decoder = Decoder(folder, threads, max_batch=8)
+    if not eos:
+        decoder.eos = set()
+    return decoder
+
+
+def our_run(decoder: Decoder, ids: list[int], new_tokens: int, prefix: int = 0) -> Run:
+    """One answer alone, greedy; `prefix`: that many first tokens (the system prompt) read once before."""
+    marks: list[float] = []
+
+    def mark(_: list[int]) -> bool:
+        marks.append(time.perf_counter())
+        return True
+
+    request = Request(ids, new_tokens, Search(), prefix, on_token=mark)
+    began = time.perf_counter()
+    decoder.submit(request)
+    request.done.wait()
+    if request.error:
+        raise request.error
+    return request.tokens, marks[0] - began, marks[-1] - marks[0]
 
 
 def llama_model(gguf: Path, threads: int) -> object:
@@ -236,17 +277,23 @@ def llama_run(llm: object, ids: list[int], new_tokens: int) -> Run:
     return tokens, first - began, time.perf_counter() - first
 
 
-def engines(folders: dict[str, Path], gguf: Path, threads: int) -> dict[str, Engine]:
-    int4, fp32, llama = (
-        og_model(folders["int4"], threads),
-        og_model(folders["fp32"], threads),
-        llama_model(gguf, threads),
-    )
-    return {
-        "onnxruntime-genai INT4 (the bot's path)": lambda ids, n: og_run(int4, ids, n),
-        "onnxruntime-genai fp32": lambda ids, n: og_run(fp32, ids, n),
+OURS = "the bot's path: batched ONNX Runtime loop, INT4"
+
+
+def engines(folders: dict[str, Path], gguf: Path, threads: int, system_tokens: int = 0) -> dict[str, Engine]:
+    """The engines compared; with `system_tokens`, also the bot's path with the system prompt already
+    read (as it is in the bot after the first answer)."""
+    int4, fp32 = our_decoder(folders["int4"], threads), our_decoder(folders["fp32"], threads)
+    generator, llama = og_model(folders["int4"], threads), llama_model(gguf, threads)
+    runners: dict[str, Engine] = {
+        OURS: lambda ids, n: our_run(int4, ids, n),
+        "onnxruntime-genai generator, INT4": lambda ids, n: og_run(generator, ids, n),
+        "batched ONNX Runtime loop, fp32": lambda ids, n: our_run(fp32, ids, n),
         "llama.cpp Q4_K_M": lambda ids, n: llama_run(llama, ids, n),
     }
+    if system_tokens:
+        runners[OURS + ", system prompt already read"] = lambda ids, n: our_run(int4, ids, n, system_tokens)
+    return runners
 
 
 BASELINE = "llama.cpp Q4_K_M"
@@ -276,8 +323,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 # --- sections -----------------------------------------------------------------------------------
 
 
-def section_decode(folders: dict[str, Path], gguf: Path, tokenizer: object, question: str, reps: int) -> None:
-    say(f"## Decode speed: greedy, exactly {NEW_TOKENS} new tokens\n")
+def section_decode(
+    folders: dict[str, Path], gguf: Path, tokenizer: object, question: str, reps: int, loaded: bool = False
+) -> None:
+    title = ", another process keeping one core busy" if loaded else ""
+    say(f"## Decode speed: greedy, exactly {NEW_TOKENS} new tokens{title}\n")
     load("at start")
     ids = prompt_ids(tokenizer, question)
     say(f"Prompt: the bot's system prompt + {question!r} ({len(ids)} tokens, ChatML from the HF template).\n")
@@ -336,8 +386,10 @@ def section_ttft(folders: dict[str, Path], gguf: Path, tokenizer: object, pool: 
         f"Prompt: the bot's system prompt + several Bitext questions in one message ({len(ids)} tokens). Median of 5.\n"
     )
     rows = []
+    system = len(tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT}], tokenize=True))  # type: ignore[attr-defined]
+    say(f"The system prompt is its first {system} tokens; the bot reads it once and reuses its cache.\n")
     for threads in (1, 2):
-        runners = engines(folders, gguf, threads)
+        runners = engines(folders, gguf, threads, system)
         runs = interleaved(runners, ids, 1, 5)
         base = statistics.median(f for _, f, _ in runs[BASELINE])
         for name, r in runs.items():
@@ -393,12 +445,17 @@ def section_agree(folders: dict[str, Path], tokenizer: object, asked: list[str])
     answers: dict[str, list[list[int]]] = {}
     seconds: dict[str, float] = {}
     for key in ("int4", "fp32"):
-        model = og_model(folders[key], 2)
+        decoder = our_decoder(folders[key], 2, eos=True)
         began = time.perf_counter()
-        answers[key] = [strip_eos(og_greedy(model, ids, AGREE_TOKENS), eos) for ids in prompts]
+        answers[key] = [our_greedy(decoder, ids, AGREE_TOKENS) for ids in prompts]
         seconds[key] = time.perf_counter() - began
-        del model
+        del decoder
         gc.collect()
+    generator = og_model(folders["int4"], 2)
+    began = time.perf_counter()
+    answers["og-int4"] = [strip_eos(og_greedy(generator, ids, AGREE_TOKENS), eos) for ids in prompts]
+    seconds["og-int4"] = time.perf_counter() - began
+    del generator
     torch.set_num_threads(2)
     eager = AutoModelForCausalLM.from_pretrained(folders["hf"], dtype=torch.float32).eval()
     began = time.perf_counter()
@@ -426,6 +483,7 @@ def section_agree(folders: dict[str, Path], tokenizer: object, asked: list[str])
             "first difference at (= identical)",
         ],
         [
+            ["bot's path INT4 vs onnxruntime-genai generator INT4", *agreement(answers["og-int4"], answers["int4"])],
             ["INT4 build vs fp32 build", *agreement(answers["fp32"], answers["int4"])],
             ["fp32 build vs PyTorch eager", *agreement(answers["torch"], answers["fp32"])],
         ],
@@ -508,6 +566,118 @@ async def section_bot(folder: Path, tokenizer: object, asked: list[str]) -> None
     load("at end")
 
 
+async def customers(
+    server: object, tokenizer: object, asked: list[str], count: int
+) -> tuple[list[float], list[int], int]:
+    """`count` customers asking `asked` between them over POST /chat, each asking again when answered:
+    each answer's latency and tokens, and how many were not answered."""
+    from tests.support import post
+
+    todo = list(enumerate(asked))
+    latencies: list[float] = []
+    tokens: list[int] = []
+    failed = 0
+
+    async def customer() -> None:
+        nonlocal failed
+        while todo:
+            i, question = todo.pop(0)
+            body = {"conversation_id": f"c{count}-{i}", "user_id": f"u{count}-{i}", "text": question}
+            began = time.perf_counter()
+            status, reply = await post(server, "/chat", body)  # type: ignore[arg-type]
+            latencies.append(time.perf_counter() - began)
+            failed += status != 200 or reply.get("outcome") != "answered"
+            tokens.append(len(tokenizer(reply.get("answer", ""), add_special_tokens=False)["input_ids"]))  # type: ignore[operator]
+
+    await asyncio.gather(*(customer() for _ in range(count)))
+    return latencies, tokens, failed
+
+
+async def section_concurrency(folder: Path, tokenizer: object, asked: list[str], levels: tuple[int, ...]) -> None:
+    from prometheus_client import REGISTRY
+
+    from bot.__main__ import start
+    from tests.support import make_settings, post
+
+    say(f"## Several customers at once: {len(asked)} Bitext questions through the whole bot, per concurrency\n")
+    load("at start")
+    rows: list[list[str]] = []
+    base_rate = 0.0
+    with tempfile.TemporaryDirectory(prefix="speed-bench-") as tmp:
+        settings = make_settings(
+            Path(tmp) / "var",
+            model=str(folder),
+            max_new_tokens=NEW_TOKENS,
+            cache_size=0,
+            user_rate_limit=0,
+            model_concurrency=max(levels),
+            model_queue=4 * max(levels),
+        )
+        server = await start(settings, {})
+        try:
+            await post(server, "/chat", {"conversation_id": "warm", "user_id": "warm", "text": asked[0]})
+            for level in levels:
+                runs_before = REGISTRY.get_sample_value("bot_model_batch_size_count") or 0.0
+                rows_before = REGISTRY.get_sample_value("bot_model_batch_size_sum") or 0.0
+                began = time.perf_counter()
+                latencies, tokens, failed = await customers(server, tokenizer, asked, level)
+                wall = time.perf_counter() - began
+                runs = (REGISTRY.get_sample_value("bot_model_batch_size_count") or 0.0) - runs_before
+                batch = ((REGISTRY.get_sample_value("bot_model_batch_size_sum") or 0.0) - rows_before) / max(runs, 1)
+                rate = len(asked) / wall
+                base_rate = base_rate or rate
+                rows.append(
+                    [
+                        str(level),
+                        f"{len(asked)} ({failed} not answered)",
+                        f"{wall:.1f}",
+                        f"{rate:.2f}",
+                        f"{rate / base_rate:.2f}x",
+                        f"{statistics.median(latencies) * 1000:.0f}",
+                        f"{p99(latencies) * 1000:.0f}",
+                        f"{statistics.mean(tokens):.1f}",
+                        f"{sum(tokens) / wall:.0f}",
+                        f"{batch:.1f}",
+                    ]
+                )
+        finally:
+            await server.stop()
+    table(
+        [
+            "customers at once",
+            "answers",
+            "wall s",
+            "answers/s",
+            "vs one at a time",
+            "p50 ms",
+            "p99 ms",
+            "answer tokens (mean)",
+            "answer tok/s",
+            "mean batch per model run",
+        ],
+        rows,
+    )
+    say(
+        f"Each customer sends the next question as soon as the last is answered (a closed loop); the same "
+        f"{len(asked)} questions at every level, each in a new conversation. INT4 build, "
+        f"BOT_MODEL_CONCURRENCY={max(levels)}, model_threads 0 (= {os.cpu_count()}), max_new_tokens {NEW_TOKENS}, answer "
+        "cache and rate limit off. Latency is the whole HTTP round trip as the customer sees it.\n"
+    )
+    load("at end")
+
+
+@contextlib.contextmanager
+def competing_load() -> Iterator[None]:
+    """Another process keeping one core busy, as on a shared machine."""
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        yield
+    finally:
+        burner.kill()
+        burner.wait()
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -535,16 +705,21 @@ def find_gguf(given: Path | None) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", type=Path, help="the GGUF file (default: from ../shared/tools/get-pretrained-qwen)")
-    parser.add_argument("--sections", default="build,decode,ttft,agree,bot", help="comma-separated; build always runs")
+    parser.add_argument(
+        "--sections",
+        default="build,decode,contention,ttft,agree,bot,concurrency",
+        help="comma-separated; build always runs",
+    )
     parser.add_argument("--reps", type=int, default=3, help="decode runs per engine and thread count")
     parser.add_argument("--bot-questions", type=int, default=100, help="questions sent through the bot")
+    parser.add_argument("--concurrent-questions", type=int, default=64, help="questions per concurrency level")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     began = time.perf_counter()
 
-    say("# Real-size speed: onnxruntime-genai vs llama.cpp\n")
+    say("# Real-size speed: the bot's batched ONNX Runtime loop vs onnxruntime-genai and llama.cpp\n")
     machine()
     gguf = find_gguf(args.gguf)
     folders = section_build(gguf)
@@ -553,11 +728,19 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folders["int4"])
     pool = questions(AGREE_QUESTIONS + args.bot_questions + 1 + 20)
     asked, rest = pool[:AGREE_QUESTIONS], pool[AGREE_QUESTIONS:]
+
+    def contention() -> None:
+        with competing_load():
+            section_decode(folders, gguf, tokenizer, asked[0], args.reps, loaded=True)
+
+    at_once = rest[1 : args.concurrent_questions + 1]
     steps: list[tuple[str, Callable[[], None]]] = [
         ("decode", lambda: section_decode(folders, gguf, tokenizer, asked[0], args.reps)),
+        ("contention", contention),
         ("ttft", lambda: section_ttft(folders, gguf, tokenizer, rest[args.bot_questions + 1 :])),
         ("agree", lambda: section_agree(folders, tokenizer, asked)),
         ("bot", lambda: asyncio.run(section_bot(folders["int4"], tokenizer, rest[: args.bot_questions + 1]))),
+        ("concurrency", lambda: asyncio.run(section_concurrency(folders["int4"], tokenizer, at_once, (1, 4, 8)))),
     ]
     for key, step in steps:
         if key in sections:

@@ -66,11 +66,11 @@ async def build_bot(settings: BotSettings) -> Bot:
         settings.top_p,
         settings.repetition_penalty,
         settings.model_threads,
+        settings.model_concurrency,
     )
     models = ModelPool(
         settings.data_dir,
         generation,
-        settings.model_concurrency,
         settings.model_timeout_s,
         settings.model_queue,
         external_model=settings.model,

@@ -48,7 +48,7 @@ class BotSettings(_Env):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, ge=1.0)
     model_timeout_s: float = Field(20.0, gt=0)
-    model_concurrency: int = Field(1, ge=1)
+    model_concurrency: int = Field(8, ge=1)  # answers generated at once, decoded together in one batch
     # Answers that may wait for a free model slot (each at most model_timeout_s); more get a "busy" reply.
     model_queue: int = Field(8, ge=0)
     model_threads: int = Field(0, ge=0)  # ONNX Runtime threads per answer; 0 = one per core

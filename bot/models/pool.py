@@ -34,16 +34,16 @@ class ModelPool:
     """The serving model (and an A/B candidate), reloaded when the registry changes.
 
     Answers already running keep the model object they started with, so a swap drops nothing.
-    Inference runs in a thread pool sized to the allowed concurrency. At most `queue_limit` answers
-    wait for a free slot, each for at most the deadline; one that gives up never starts. The deadline
-    of an answer counts from the moment its generation starts, not from when it began to wait.
+    Up to `settings.max_batch` answers generate at once, decoded together in one batch (their threads
+    only wait). At most `queue_limit` more wait for a place, in arrival order, each for at most the
+    deadline; one that gives up never starts. The deadline of an answer counts from the moment its
+    generation starts, not from when it began to wait.
     """
 
     def __init__(
         self,
         data_dir: Path,
         settings: GenerationSettings,
-        concurrency: int,
         timeout_s: float,
         queue_limit: int,
         external_model: str = "",
@@ -65,6 +65,7 @@ class ModelPool:
         self.load_error: str | None = None
         self._failed_stamp: float | None = None
         self._failed_at = 0.0
+        concurrency = settings.max_batch
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="model")
         self._slots = asyncio.Semaphore(concurrency)
         self._capacity = concurrency + queue_limit  # answers generating plus answers waiting
@@ -204,4 +205,4 @@ class ModelPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self.current = self.candidate = None  # onnxruntime-genai frees a model when its last reference goes
+        self.current = self.candidate = None  # a model is freed when its last reference goes

@@ -1,0 +1,243 @@
+"""Continuous batching on CPU: every answer in progress advances one token per model run, in one batch.
+
+onnxruntime-genai's own engine batches continuously only with paged attention (CUDA), and its
+generator batches only prompts that start together. So this loop drives the builder's ONNX graph
+directly: its GroupQueryAttention takes each row's length from the attention mask, so rows of
+different lengths share one batch, right-padded. A new answer's prompt is read alone (a prefill of
+one row, exactly as if it were the only one) and its key/value cache then joins the batch between two
+steps; a finished or cancelled answer leaves between two steps. Python does per step only what
+cannot be avoided: the next token of each row from its logits.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from prometheus_client import Histogram
+
+BATCH = Histogram("bot_model_batch_size", "Answers advanced together by one model run", buckets=(1, 2, 4, 8, 16, 32))
+
+
+@dataclass(frozen=True)
+class Search:
+    """How the next token is chosen; temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class Request:
+    """One answer: its prompt and the tokens so far. `on_token` (called in the batch's thread after each
+    token, so keep it quick) stops the answer by returning False; `done` is set when it has ended."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    search: Search
+    prefix: int = 0  # the prompt's first tokens that many prompts share (read once, then reused)
+    on_token: Callable[[list[int]], bool] | None = None
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # of each chosen token, for the answer's confidence
+    error: BaseException | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Leave the batch at the next step (its deadline passed)."""
+        self.cancelled.set()
+
+
+MAX_PREFIXES = 4  # shared prompt starts kept read (one per system prompt in use)
+
+
+class Decoder:
+    """One model's batch: a thread that admits waiting requests and steps all running ones together.
+    At most `max_batch` answers run at once; more wait in arrival order."""
+
+    def __init__(self, onnx_dir: Path, threads: int, max_batch: int) -> None:
+        config = json.loads((onnx_dir / "genai_config.json").read_text())["model"]
+        decoder = config["decoder"]
+        self.layers = int(decoder["num_hidden_layers"])
+        self.kv_heads = int(decoder["num_key_value_heads"])
+        self.head_size = int(decoder["head_size"])
+        self.context = int(config["context_length"])
+        eos = config["eos_token_id"]
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+        names = decoder["inputs"]
+        self.past_names = [
+            names[kind] % i for i in range(self.layers) for kind in ("past_key_names", "past_value_names")
+        ]
+        outputs = decoder["outputs"]
+        self.present_names = [
+            outputs[kind] % i for i in range(self.layers) for kind in ("present_key_names", "present_value_names")
+        ]
+        options = ort.SessionOptions()
+        # Set explicitly: the default pools spin on every core, and two answers' pools fight over them.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(onnx_dir / decoder["filename"]), options, providers=["CPUExecutionProvider"]
+        )
+        self.max_batch = max_batch
+        self._waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        # The loop thread runs only while there is work, so a retired model holds no thread and is freed.
+        self._lock = threading.Lock()
+        self._running = False
+        self._name = f"decoder-{onnx_dir.parent.name}"
+        self._prefixes: dict[tuple[int, ...], list[np.ndarray]] = {}
+
+    def submit(self, request: Request) -> None:
+        with self._lock:
+            self._waiting.put(request)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._loop, name=self._name, daemon=True).start()
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        rows: list[Request] = []
+        lengths: list[int] = []  # tokens in each row's cache
+        cache: list[np.ndarray] = []  # per past name: [rows, kv_heads, width, head_size], right-padded
+        while True:
+            while len(rows) < self.max_batch:
+                try:
+                    request = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if request.cancelled.is_set():  # gave up while waiting
+                    self._finish(request)
+                    continue
+                try:
+                    present = self._prefill(request)
+                    if request.done.is_set():  # ended at its first token
+                        continue
+                    cache = _join(cache, present)
+                except Exception as exc:  # the caller gets it; the batch goes on
+                    self._finish(request, exc)
+                    continue
+                rows.append(request)
+                lengths.append(len(request.prompt))
+            if not rows:
+                with self._lock:  # nothing running: stop, unless an answer arrived meanwhile
+                    if self._waiting.empty():
+                        self._running = False
+                        return
+                continue
+            try:
+                cache = self._step(rows, lengths, cache)
+            except Exception as exc:
+                for request in rows:
+                    self._finish(request, exc)
+                rows, lengths, cache = [], [], []
+                continue
+            keep = [i for i, request in enumerate(rows) if not request.done.is_set()]
+            if len(keep) < len(rows):
+                rows = [rows[i] for i in keep]
+                lengths = [lengths[i] for i in keep]
+                width = max(lengths, default=0)
+                cache = [np.ascontiguousarray(c[keep, :, :width]) for c in cache] if rows else []
+
+    def _prefill(self, request: Request) -> list[np.ndarray]:
+        """Read the prompt into a cache of its own. A shared start (the shop's system prompt) is read
+        once and reused: its cache is the same whichever prompt follows it."""
+        cache = [np.zeros((1, self.kv_heads, 0, self.head_size), dtype=np.float32)] * len(self.past_names)
+        start = 0
+        if request.prefix:
+            prefix = tuple(request.prompt[: request.prefix])
+            if prefix not in self._prefixes:
+                if len(self._prefixes) >= MAX_PREFIXES:
+                    self._prefixes.pop(next(iter(self._prefixes)))
+                self._prefixes[prefix] = self._run(list(prefix), cache)[1]
+            cache, start = self._prefixes[prefix], request.prefix
+        logits, present = self._run(request.prompt[start:], cache)
+        self._advance(request, logits[0, -1])
+        return present
+
+    def _run(self, ids: list[int], cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One row: `ids` read after its `cache`."""
+        width = cache[0].shape[2] + len(ids)
+        feed = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, width), dtype=np.int64)}
+        logits, *present = self.session.run(
+            ["logits", *self.present_names], feed | dict(zip(self.past_names, cache, strict=True))
+        )
+        return logits, present
+
+    def _step(self, rows: list[Request], lengths: list[int], cache: list[np.ndarray]) -> list[np.ndarray]:
+        BATCH.observe(len(rows))
+        width = cache[0].shape[2]
+        mask = np.zeros((len(rows), width + 1), dtype=np.int64)
+        for i, length in enumerate(lengths):
+            mask[i, : length + 1] = 1  # the row's cache plus the token it is given now
+        ids = np.asarray([[request.tokens[-1]] for request in rows], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask} | dict(zip(self.past_names, cache, strict=True))
+        logits, *present = self.session.run(["logits", *self.present_names], feed)
+        for i, request in enumerate(rows):
+            lengths[i] += 1
+            self._advance(request, logits[i, -1])
+        return present
+
+    def _advance(self, request: Request, logits: np.ndarray) -> None:
+        """Choose the request's next token; end it at an end token, its length limit or a cancel."""
+        token, logprob = choose(logits, request.search, request.tokens)
+        if token in self.eos:
+            self._finish(request)
+            return
+        request.tokens.append(token)
+        request.logprobs.append(logprob)
+        try:
+            wanted = request.on_token is None or request.on_token(request.tokens)
+        except Exception as exc:  # the caller's to handle, not the batch's
+            self._finish(request, exc)
+            return
+        full = len(request.prompt) + len(request.tokens) >= self.context
+        if not wanted or len(request.tokens) >= request.max_new_tokens or full or request.cancelled.is_set():
+            self._finish(request)
+
+    @staticmethod
+    def _finish(request: Request, error: BaseException | None = None) -> None:
+        request.error = error
+        request.done.set()
+
+
+def _join(cache: list[np.ndarray], present: list[np.ndarray]) -> list[np.ndarray]:
+    """The batch cache with one more row, both right-padded to the wider of the two."""
+    if not cache:
+        return present
+    rows, heads, width, size = cache[0].shape
+    wide = max(width, present[0].shape[2])
+    joined = []
+    for old, new in zip(cache, present, strict=True):
+        both = np.zeros((rows + 1, heads, wide, size), dtype=old.dtype)
+        both[:rows, :, :width] = old
+        both[rows, :, : new.shape[2]] = new[0]
+        joined.append(both)
+    return joined
+
+
+def choose(logits: np.ndarray, search: Search, seen: list[int]) -> tuple[int, float]:
+    """The next token and its log-probability under the model (before temperature and top-p)."""
+    logits = logits.astype(np.float64)
+    if search.repetition_penalty != 1.0 and seen:
+        ids = np.unique(seen)
+        picked = logits[ids]
+        logits[ids] = np.where(picked > 0, picked / search.repetition_penalty, picked * search.repetition_penalty)
+    top = logits.max()
+    logsumexp = top + np.log(np.exp(logits - top).sum())
+    if search.temperature <= 0:
+        token = int(logits.argmax())
+    else:
+        probs = np.exp((logits - top) / search.temperature)
+        probs /= probs.sum()
+        order = np.argsort(-probs)
+        kept = order[: int(np.searchsorted(np.cumsum(probs[order]), search.top_p)) + 1]
+        token = int(np.random.default_rng().choice(kept, p=probs[kept] / probs[kept].sum()))
+    return token, float(logits[token] - logsumexp)

@@ -1,0 +1,119 @@
+"""Batched decoding (bot/models/batching.py) on the real starter build: answers decoded together are
+exactly the answers decoded alone, whoever joins or leaves the batch meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from bot.models.batching import Request, Search
+from bot.models.chat import with_system
+from bot.models.runtime import ChatModel, GenerationSettings
+from tests.support import ORDER_A, ORDER_Q, SYSTEM_PROMPT
+
+QUESTIONS = [
+    ORDER_Q,
+    "How do I get a refund?",
+    "可以开发票吗",
+    "Where is my package?",
+    "退货运费谁出?",
+    "How do I change my address? I moved last week and the order is not shipped yet.",
+    "你们的客服电话是多少?",
+    "I want a refund for order 123456",
+    "怎么注册会员",
+    "Can I pay with a credit card?",
+]
+
+
+def chat(question: str) -> list[dict[str, str]]:
+    return with_system(SYSTEM_PROMPT, [{"role": "user", "content": question}])
+
+
+@pytest.fixture(scope="module")
+def model(starter_dir: Path) -> ChatModel:
+    return ChatModel("v0001", starter_dir / "models" / "v0001" / "onnx", GenerationSettings(max_new_tokens=48))
+
+
+def batches_of(size: int) -> float:
+    """How many model runs so far advanced more than `size` answers at once."""
+    count = REGISTRY.get_sample_value("bot_model_batch_size_count") or 0.0
+    at_most = REGISTRY.get_sample_value("bot_model_batch_size_bucket", {"le": f"{float(size)}"}) or 0.0
+    return count - at_most
+
+
+def test_answers_decoded_together_equal_answers_decoded_alone(model: ChatModel) -> None:
+    alone = [model.generate(chat(q)) for q in QUESTIONS]
+    assert alone[0] == ORDER_A and len(set(alone)) > 5  # different answers, so mix-ups would show
+    before = batches_of(4)
+    arrived = threading.Event()
+    # The first answer holds the batch at its first token until every other answer has asked, so they
+    # join it at once; the last ones join later, as places free up (8 at most).
+    first = Request(model.prompt_ids(chat(QUESTIONS[0])), 48, Search(), on_token=lambda _: arrived.wait(10))
+    model.decoder.submit(first)
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        futures = [pool.submit(model.generate, chat(q)) for q in QUESTIONS[1:]]
+        time.sleep(0.2)
+        arrived.set()
+        together = [f.result() for f in futures]
+    first.done.wait()
+    assert [model.tokenizer.decode(first.tokens, skip_special_tokens=True).strip(), *together] == alone
+    assert batches_of(4) > before  # they really were decoded together, more than four at a time
+
+
+def test_the_shared_system_prompt_is_read_once_and_gives_the_same_answer(model: ChatModel) -> None:
+    ids = model.prompt_ids(chat(QUESTIONS[5]))
+    shared = model._shared_start(chat(QUESTIONS[5]), ids)
+    assert 0 < shared < len(ids)
+    answers = []
+    for prefix in (0, shared):
+        request = Request(ids, 48, Search(), prefix=prefix)
+        model.decoder.submit(request)
+        request.done.wait()
+        answers.append(model.tokenizer.decode(request.tokens, skip_special_tokens=True).strip())
+    assert answers[0] == answers[1] == model.generate(chat(QUESTIONS[5]))
+
+
+def test_a_cancelled_or_late_answer_leaves_the_batch_and_the_others_go_on(model: ChatModel) -> None:
+    alone = [model.generate(chat(q)) for q in QUESTIONS[:4]]
+    seen: list[str] = []
+
+    def stop_after_first_words(text: str) -> bool:
+        seen.append(text)
+        return False
+
+    release = threading.Event()
+    held = Request(model.prompt_ids(chat(QUESTIONS[0])), 48, Search(), on_token=lambda _: release.wait(10))
+    model.decoder.submit(held)  # holds the batch at its first token
+    with ThreadPoolExecutor(6) as pool:
+        others = [pool.submit(model.generate, chat(q)) for q in QUESTIONS[1:4]]
+        cancelled = pool.submit(model.generate, chat(QUESTIONS[5]), None, stop_after_first_words)
+        late = pool.submit(model.generate, chat(QUESTIONS[6]), 0.1)
+        assert late.result() == ""  # its deadline passed while the batch was held: it never starts
+        release.set()
+        assert [f.result() for f in others] == alone[1:]
+        full = model.generate(chat(QUESTIONS[5]))
+        assert len(seen) == 1 and full.startswith(cancelled.result()) and 0 < len(cancelled.result()) < len(full)
+    held.done.wait()
+    assert model.tokenizer.decode(held.tokens, skip_special_tokens=True).strip() == alone[0]
+
+
+def test_a_failing_answer_fails_alone(model: ChatModel) -> None:
+    vocabulary = len(model.tokenizer)
+    broken = Request([vocabulary + 10], 8, Search())  # a token id the model has no embedding for
+    with ThreadPoolExecutor(3) as pool:
+        good = [pool.submit(model.generate, chat(q)) for q in QUESTIONS[:2]]
+        model.decoder.submit(broken)
+        broken.done.wait()
+        assert broken.error is not None
+        assert [f.result() for f in good] == [model.generate(chat(q)) for q in QUESTIONS[:2]]
+
+
+def test_an_idle_model_holds_no_thread(model: ChatModel) -> None:
+    model.generate(chat(ORDER_Q))
+    time.sleep(0.05)
+    assert not any(t.name.startswith("decoder-") for t in threading.enumerate())
