@@ -4,12 +4,18 @@ Direct messages are answered at once; in channels the bot answers when mentioned
 that thread. Every event is recorded before it is acknowledged (see `adapters.base`), so a Slack retry (or a
 restart) never produces a second answer and nothing acknowledged is lost. Agents (AGENT_IDS
 entries `slack:<user id>`) rate answers with reactions and correct them with `!fix <answer>`.
+
+Answers in a thread are streamed with Slack's streaming methods (chat.startStream / appendStream /
+stopStream, through slack_sdk's `chat_stream` helper); where those are not available (a DM outside a
+thread, a workspace or place that refuses them) an answer is posted and edited as it grows instead.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
+from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
@@ -31,9 +37,10 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import ChatChannel, Place
+from adapters.base import ChatChannel, Place, StreamedMessage, split_text
 from bot.config import SlackSettings
 from bot.message import UserMessage
 from bot.service import ChannelService
@@ -54,6 +61,7 @@ REPLAY_FIELDS = (
     "channel_type",
     "ts",
     "thread_ts",
+    "team",
     "text",
     "reaction",
     "item",
@@ -63,6 +71,36 @@ RATE_ACTION = "rate_answer"  # the action_id of the feedback buttons under every
 SECTION_LIMIT = 3000  # a section block's text; longer answer parts go without buttons (reactions still rate)
 RELEASE = re.compile(r"!release\b")
 ROLE = re.compile(r"!role\b\s*(.*)", re.DOTALL)
+STREAM_APPEND_EVERY_S = 1.0  # a streamed answer gets new text at most this often (chat.appendStream's limits)
+# chat.startStream refusals meaning this workspace or app has no streaming: answers are posted and
+# edited from then on, everywhere.
+STREAMING_UNAVAILABLE = {
+    "unknown_method",
+    "method_deprecated",
+    "not_allowed_token_type",
+    "missing_scope",
+    "no_permission",
+    "team_access_not_granted",
+    "feature_not_enabled",
+}
+# ...refusals about this one message (its place, a passing fault): it is posted instead, the next one
+# streams again. Any other refusal (e.g. not_allowed) stops streaming for that kind of place (DMs or
+# channels), since the next answer there would be refused the same way.
+STREAM_REFUSED_ONCE = {
+    "channel_not_found",
+    "not_in_channel",
+    "is_archived",
+    "thread_not_found",
+    "invalid_thread_ts",
+    "msg_too_long",
+    "ratelimited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+}
+# The customer an answer is for, as chat.startStream wants it (team id, user id): set while one is answered.
+_recipient: ContextVar[tuple[str | None, str] | None] = ContextVar("slack_recipient", default=None)
 
 
 def escape(text: str) -> str:
@@ -83,8 +121,8 @@ def replay_fields(event: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def rating_blocks(text: str) -> list[Block]:
-    """The answer's text and Block Kit feedback buttons under it (values are the ratings)."""
+def feedback_block() -> ContextActionsBlock:
+    """Block Kit feedback buttons (values are the ratings)."""
     buttons = FeedbackButtonsElement(
         action_id=RATE_ACTION,
         positive_button=FeedbackButtonObject(
@@ -92,7 +130,96 @@ def rating_blocks(text: str) -> list[Block]:
         ),
         negative_button=FeedbackButtonObject(text="Bad answer", accessibility_label="Rate this answer bad", value="-1"),
     )
-    return [SectionBlock(text=MarkdownTextObject(text=text)), ContextActionsBlock(elements=[buttons])]
+    return ContextActionsBlock(elements=[buttons])
+
+
+def rating_blocks(text: str) -> list[Block]:
+    """The answer's text and the feedback buttons under it (for a posted message, edited to carry them)."""
+    return [SectionBlock(text=MarkdownTextObject(text=text)), feedback_block()]
+
+
+def api_error(exc: Exception) -> str:
+    """Slack's error code for a failed call, else the exception's kind (a dropped connection...)."""
+    if isinstance(exc, SlackApiError):
+        return str(exc.response.get("error") or f"HTTP {exc.response.status_code}")
+    return type(exc).__name__
+
+
+class SlackStream(StreamedMessage):
+    """An answer in a thread shown as it is generated with Slack's streaming methods: the first text
+    starts the stream (chat.startStream), each later one appends only what is new (chat.appendStream),
+    and the final reply's rest and the feedback buttons stop it (chat.stopStream), all through
+    slack_sdk's `chat_stream` helper. Where the stream cannot start, the answer is posted and edited as
+    the base class does; where it breaks later, its message is edited (chat.update) to the final text."""
+
+    def __init__(self, channel: SlackChannel, place: Place, recipient: tuple[str | None, str]) -> None:
+        super().__init__(channel, place)
+        assert place.thread, "chat.startStream replies in a thread"
+        self.slack, self.thread = channel, place.thread
+        self.recipient = recipient
+        self.stream: AsyncChatStream | None = None
+        self.streaming = True  # False once the stream failed: the base's post and edit from then on
+        self.appended = ""  # the rendered text the stream has been given: the deltas, concatenated
+
+    async def show(self, text: str) -> None:
+        if not self.streaming:
+            await super().show(text)
+            return
+        rendered = self.channel.render(text)
+        now = time.monotonic()
+        if (
+            len(rendered) > self.channel.text_limit  # the final reply splits it
+            or not rendered.startswith(self.appended)  # appended text cannot be taken back: the end replaces it
+            or len(rendered) == len(self.appended)
+            or (self.message_id and now - self._edited_at < STREAM_APPEND_EVERY_S)
+        ):
+            return
+        try:
+            if self.stream is None:
+                team, user = self.recipient
+                self.stream = await self.slack.client.chat_stream(
+                    channel=self.place.chat_id,
+                    thread_ts=self.thread,
+                    recipient_team_id=team,
+                    recipient_user_id=user,
+                    buffer_size=1,  # every append is sent at once: STREAM_APPEND_EVERY_S paces them
+                )
+            await self.stream.append(markdown_text=rendered[len(self.appended) :])
+        except Exception as exc:
+            self.streaming = False
+            if self.message_id is None:  # it never started: posted instead, from this text on
+                self.slack.stream_refused(self.place, exc)
+                await super().show(text)
+            else:  # what was appended stays; edits carry it on
+                self.text = self.appended
+                log.info("slack: a streamed answer broke off (%s); editing it instead", api_error(exc))
+            return
+        self.message_id, self.appended, self._edited_at = self.stream.ts, rendered, now
+
+    async def finish(self, text: str, turn_id: int | None) -> None:
+        if not self.streaming or self.stream is None:  # posted and edited (or never shown)
+            await super().finish(text, turn_id)
+            return
+        assert self.message_id is not None
+        parts = split_text(text, self.channel.text_limit) or [text]
+        if len(parts) == 1 and parts[0].startswith(self.appended):
+            try:  # the rest of the answer and the buttons under it
+                await self.stream.stop(
+                    markdown_text=parts[0][len(self.appended) :], blocks=None if turn_id is None else [feedback_block()]
+                )
+            except Exception as exc:
+                log.info("slack: could not finish a streamed answer (%s); editing it instead", api_error(exc))
+            else:
+                if turn_id is not None:
+                    await self.channel.service.link_answer(self.place.chat_id, self.message_id, turn_id)
+                return
+        else:  # another text (a blocked or fallback reply) or a longer one: the message is edited to it
+            try:
+                await self.stream.stop()
+            except Exception as exc:  # e.g. it expired: chat.update still works
+                log.info("slack: could not stop a streamed answer: %s", api_error(exc))
+        self.text = self.appended
+        await super().finish(text, turn_id)
 
 
 def feedback_clicks(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -140,7 +267,10 @@ class SlackChannel(ChatChannel):
         self.app = AsyncApp(client=self.client, signing_secret=settings.signing_secret)
         self.app.middleware(self._receive)
         self.socket = AsyncSocketModeHandler(self.app, settings.app_token) if settings.app_token else None
-        self._bot_user_id = ""
+        self._bot_user_id = self._team_id = ""
+        # Where streaming is off, and why: "everywhere", "dm" or "channel" -> the refusal that decided it.
+        self.no_streaming: dict[str, str] = {}
+        self._told_no_thread = False
 
     def add_routes(self, app: web.Application) -> None:
         if self.settings.signing_secret:  # without it no request could be verified
@@ -249,7 +379,13 @@ class SlackChannel(ChatChannel):
         # A DM is one conversation; a thread (or a mention, which starts one) is its own.
         conversation = channel if is_dm and not thread_ts else f"{channel}:{thread_ts or ts}"
         place = Place(channel, None if is_dm and not thread_ts else thread_ts or ts)
-        await self.answer(UserMessage(CHANNEL, conversation, user, f"{channel}:{ts}", text), place, f"<@{user}>", is_dm)
+        recipient = _recipient.set((event.get("team") or self._team_id or None, user))
+        try:
+            await self.answer(
+                UserMessage(CHANNEL, conversation, user, f"{channel}:{ts}", text), place, f"<@{user}>", is_dm
+            )
+        finally:
+            _recipient.reset(recipient)
 
     async def _in_agents_thread(self, event: dict[str, Any], channel: str, thread_ts: str, raw: str) -> None:
         """In a thread of the agents' room under one of the bot's messages: `!release` gives the customer
@@ -267,7 +403,41 @@ class SlackChannel(ChatChannel):
         return Place(channel, thread_ts or None)
 
     def render(self, text: str) -> str:
-        return escape(text)
+        return escape(text)  # also right for streamed (markdown) text: &amp; &lt; &gt; show as & < >
+
+    def streamer(self, place: Place) -> StreamedMessage | None:
+        """An answer in a thread streams (SlackStream); a DM outside a thread, or a place where Slack
+        refused streaming before, is posted and edited (the base's way)."""
+        recipient = _recipient.get()
+        kind = self._place_kind(place)
+        if recipient is None or self.no_streaming.get("everywhere") or self.no_streaming.get(kind):
+            return super().streamer(place)
+        if not place.thread:  # chat.startStream replies in a thread; a DM's answers are not in one
+            if not self._told_no_thread:
+                self._told_no_thread = True
+                log.info("slack: answers outside a thread (DMs) are not streamed; they are posted and edited")
+            return super().streamer(place)
+        return SlackStream(self, place, recipient)
+
+    @staticmethod
+    def _place_kind(place: Place) -> str:
+        return "dm" if place.chat_id.startswith("D") else "channel"
+
+    def stream_refused(self, place: Place, error: Exception) -> None:
+        """chat.startStream failed for an answer at `place` (which is then posted and edited): decided once
+        for each kind of refusal whether streaming stays on, and logged in one line."""
+        code = api_error(error)
+        if code in STREAMING_UNAVAILABLE:
+            scope, where = "everywhere", "anywhere"
+        elif code in STREAM_REFUSED_ONCE or not isinstance(error, SlackApiError) or not self.is_permanent(error):
+            log.info("slack: could not start streaming an answer (%s); posting it instead", code)
+            return
+        else:
+            scope = self._place_kind(place)
+            where = "in DMs" if scope == "dm" else "in channels"
+        if scope not in self.no_streaming:
+            self.no_streaming[scope] = code
+            log.warning("slack: Slack refused streaming (%s); answers %s are posted and edited instead", code, where)
 
     async def post(self, place: Place, text: str, first: bool) -> str:
         posted = await self.client.chat_postMessage(channel=place.chat_id, text=text, thread_ts=place.thread)
@@ -294,7 +464,8 @@ class SlackChannel(ChatChannel):
 
     async def _bot_user(self) -> str:
         if not self._bot_user_id:
-            self._bot_user_id = (await self.client.auth_test())["user_id"]
+            me = await self.client.auth_test()
+            self._bot_user_id, self._team_id = me["user_id"], str(me.get("team_id") or "")
         return self._bot_user_id
 
     # --- feedback ------------------------------------------------------------------------------

@@ -20,18 +20,21 @@ import pytest
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
+import adapters.slack
 from adapters.base import split_text
-from adapters.slack import RATE_ACTION, SlackChannel
+from adapters.slack import RATE_ACTION, SlackChannel, escape
 from bot.__main__ import start
 from bot.config import SlackSettings
 from bot.handoff import HANDED_OFF
 from bot.server import RunningServer
 from bot.service import ChannelService
 from bot.store import Store
+from tests.fakes.openai_server import FakeModelServer
 from tests.fakes.slack_api import BOT_USER, FakeSlackApi
 from tests.support import ORDER_A as ANSWER
 from tests.support import ORDER_Q as QUESTION
 from tests.support import make_settings
+from tests.test_backends import VERSION
 from tests.test_telegram import STREAMED_A, STREAMED_Q
 from tuning import dataset
 
@@ -39,6 +42,9 @@ TOKEN = "xoxb-test-bot-token"
 SECRET = "test-signing-secret-123"
 AGENT, CUSTOMER = "UAGENT", "UCUST"
 DM, PUBLIC, AGENTS = "D100", "C200", "C300"
+# What the paced fake model answers (a word every PACE_S): four clauses, and markup that Slack escapes.
+PACED_A = "We accept Alipay, WeChat Pay & UnionPay cards, and Visa. Cash on delivery is not available."
+PACE_S = 0.1
 
 
 def envelope(event: dict[str, Any], event_id: str) -> dict[str, Any]:
@@ -70,8 +76,8 @@ def signed(body: str, age_s: float = 0, retry: int | None = None) -> dict[str, s
 class Slack:
     """The bot's server with Slack turned on, and a way to send it events as Slack does."""
 
-    def __init__(self, data_dir: Path, api: FakeSlackApi, **overrides: Any) -> None:
-        self.data_dir, self.api, self.overrides = data_dir, api, overrides
+    def __init__(self, data_dir: Path, api: FakeSlackApi, bot: dict[str, Any] | None = None, **overrides: Any) -> None:
+        self.data_dir, self.api, self.overrides, self.bot_overrides = data_dir, api, overrides, bot or {}
         self.server: RunningServer | None = None
         self.http = aiohttp.ClientSession()
         self._ts = itertools.count(1)
@@ -81,7 +87,8 @@ class Slack:
         slack = SlackSettings(
             _env_file=None, bot_token=TOKEN, signing_secret=SECRET, api_base=self.api.url, **self.overrides
         )
-        self.server = await start(make_settings(self.data_dir, agent_ids=f"slack:{AGENT}"), {"slack": slack})
+        settings = make_settings(self.data_dir, agent_ids=f"slack:{AGENT}", **self.bot_overrides)
+        self.server = await start(settings, {"slack": slack})
 
     async def stop(self) -> None:
         if self.server:
@@ -195,8 +202,8 @@ async def api() -> AsyncIterator[FakeSlackApi]:
     await fake.stop()
 
 
-async def open_slack(data_dir: Path, api: FakeSlackApi, **overrides: Any) -> Slack:
-    slack = Slack(data_dir, api, **overrides)
+async def open_slack(data_dir: Path, api: FakeSlackApi, bot: dict[str, Any] | None = None, **overrides: Any) -> Slack:
+    slack = Slack(data_dir, api, bot, **overrides)
     await slack.start()
     return slack
 
@@ -388,9 +395,139 @@ async def test_an_answer_streams_into_one_post_that_ends_as_the_stored_answer(sl
     [post] = api.posts  # as it is now, after its updates
     texts = [text for updated, text in api.updates if updated == post.ts]
     assert texts and texts[-1] == post.text == STREAMED_A and post.channel == DM
+    assert not api.stream_calls  # a DM outside a thread has no thread to stream into: posted and edited
     turn = await slack.store.turn_for_message("slack", f"{DM}:{ts}")
     assert turn is not None and turn.answer == STREAMED_A
     assert await slack.store.turn_for_answer_message("slack", DM, post.ts) == turn.id
+
+
+@pytest.fixture
+def append_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every clause of a streamed answer is appended as it comes (no pacing), so each is a call to check."""
+    monkeypatch.setattr(adapters.slack, "STREAM_APPEND_EVERY_S", 0.0)
+
+
+@pytest.fixture
+async def paced_model() -> AsyncIterator[FakeModelServer]:
+    """A model server answering PACED_A a word at a time, so that its clauses come one by one."""
+    model = FakeModelServer(VERSION, PACED_A, chunk_delay=PACE_S)
+    await model.start()
+    yield model
+    await model.stop()
+
+
+@pytest.fixture
+async def paced(data_dir: Path, api: FakeSlackApi, paced_model: FakeModelServer) -> AsyncIterator[Slack]:
+    running = await open_slack(data_dir, api, bot={"model_backends": f"paced={paced_model.url}"})
+    yield running
+    await close_slack(running)
+
+
+def feedback_buttons(blocks: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return next(b for b in blocks or [] if b["type"] == "context_actions")["elements"][0]
+
+
+@pytest.mark.usefixtures("append_at_once")
+async def test_a_thread_answer_streams_with_slacks_streaming_methods(paced: Slack, api: FakeSlackApi) -> None:
+    slack = paced
+    root = await slack.mention(STREAMED_Q)
+    await api.wait_for_posts(1)
+    await slack.settled()
+    [post] = api.posts  # the streamed message, as it ended
+    calls = api.streamed(post.ts)
+    methods = [c.method for c in calls]
+    assert methods[0] == "chat.startStream" and methods[-1] == "chat.stopStream"
+    assert set(methods[1:-1]) == {"chat.appendStream"}  # at least one: the clauses came one by one
+    # Each call sends only what is new; the texts shown so far grow clause by clause, in order, and
+    # together they are the final answer (as Slack text: & escaped), which is the stored one.
+    shown = list(itertools.accumulate(c.text for c in calls))
+    assert all(c.text for c in calls) and all(text[-1] in ",." for text in shown[:-1])
+    assert shown[0] == "We accept Alipay," and "WeChat Pay &amp; UnionPay cards," in shown[1]
+    assert shown[-1] == post.text == escape(PACED_A)
+    start = calls[0].args
+    assert (post.channel, post.thread_ts, start["thread_ts"]) == (PUBLIC, root, root)
+    assert (start["recipient_user_id"], start["recipient_team_id"]) == (CUSTOMER, "T1")
+    buttons = feedback_buttons(calls[-1].blocks)  # the stop carries the feedback buttons
+    assert (buttons["type"], buttons["action_id"]) == ("feedback_buttons", RATE_ACTION)
+    assert not api.updates  # nothing posted and edited besides
+    turn = await slack.store.turn_for_message("slack", f"{PUBLIC}:{root}")
+    assert turn is not None and turn.answer == PACED_A and turn.outcome == "answered"
+    assert await slack.store.turn_for_answer_message("slack", PUBLIC, post.ts) == turn.id  # rated by its buttons
+    await slack.react("-1", PUBLIC, post.ts, CUSTOMER)
+    await slack.settled()
+    assert [r["rating"] for r in await slack.store.ratings(turn.id)] == [-1]
+
+
+@pytest.mark.usefixtures("append_at_once")
+async def test_a_blocked_word_is_never_appended_to_a_stream(
+    data_dir: Path, api: FakeSlackApi, paced_model: FakeModelServer, tmp_path: Path
+) -> None:
+    """ "alipay" is masked in what is streamed; "wechat" blocks the answer: its clause is never sent, and
+    the streamed message is edited to the blocked reply, which is what is stored."""
+    lexicon = tmp_path / "words.txt"
+    lexicon.write_text("wechat\tfraud\nalipay\tabuse\n", encoding="utf-8")
+    bot = {"lexicons": str(lexicon), "model_backends": f"paced={paced_model.url}"}
+    slack = await open_slack(data_dir, api, bot=bot)
+    try:
+        root = await slack.mention(STREAMED_Q)
+        await api.wait_for_posts(1)
+        await slack.settled()
+        [post] = api.posts
+        calls = api.streamed(post.ts)
+        assert calls and [c.method for c in calls][-1] == "chat.stopStream"
+        assert all("wechat" not in c.text.lower() and "alipay" not in c.text.lower() for c in calls)
+        assert "".join(c.text for c in calls) == "We accept ******,"  # at most the first clause, masked
+        turn = await slack.store.turn_for_message("slack", f"{PUBLIC}:{root}")
+        assert turn is not None and turn.outcome == "blocked" and turn.answer
+        assert post.text == turn.answer and api.updates[-1] == (post.ts, turn.answer)
+        assert feedback_buttons(api.blocks[post.ts])["action_id"] == RATE_ACTION
+    finally:
+        await close_slack(slack)
+
+
+@pytest.mark.parametrize("refusal", ["not_allowed", "unknown_method"])
+async def test_a_refused_stream_falls_back_to_post_and_update(
+    slack: Slack, api: FakeSlackApi, caplog: pytest.LogCaptureFixture, refusal: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="adapters.slack")
+    api.stream_error = refusal
+    root = await slack.mention(STREAMED_Q)
+    await api.wait_for_posts(1)
+    await slack.settled()
+    [post] = api.posts
+    texts = [text for updated, text in api.updates if updated == post.ts]
+    assert texts and texts[-1] == post.text == STREAMED_A and post.thread_ts == root
+    assert feedback_buttons(api.blocks[post.ts])["action_id"] == RATE_ACTION
+    turn = await slack.store.turn_for_message("slack", f"{PUBLIC}:{root}")
+    assert turn is not None and turn.answer == STREAMED_A
+    assert await slack.store.turn_for_answer_message("slack", PUBLIC, post.ts) == turn.id
+    assert api.refused_streams == 1 and not api.stream_calls
+    # Decided once: the next answer in a channel is posted and edited without asking again.
+    await slack.in_thread(STREAMED_Q, thread_ts=root)
+    second = (await api.wait_for_posts(2))[1]
+    await slack.settled()
+    assert api.refused_streams == 1 and second.thread_ts == root and second.text
+    [line] = [r.getMessage() for r in caplog.records if refusal in r.getMessage()]
+    assert "posted and edited" in line
+
+
+@pytest.mark.usefixtures("append_at_once")
+async def test_a_stream_that_breaks_off_is_finished_by_editing_it(paced: Slack, api: FakeSlackApi) -> None:
+    api.append_error = "message_not_in_streaming_state"  # e.g. it expired on Slack's side
+    root = await paced.mention(STREAMED_Q)
+    await api.wait_for_posts(1)
+    await paced.settled()
+    [post] = api.posts
+    assert [c.method for c in api.streamed(post.ts)] == ["chat.startStream"]
+    assert api.updates and api.updates[-1] == (post.ts, escape(PACED_A)) and post.text == escape(PACED_A)
+    assert feedback_buttons(api.blocks[post.ts])["action_id"] == RATE_ACTION
+    turn = await paced.store.turn_for_message("slack", f"{PUBLIC}:{root}")
+    assert turn is not None and await paced.store.turn_for_answer_message("slack", PUBLIC, post.ts) == turn.id
+    api.append_error = None  # a passing fault: the next answer streams again (in the thread: not cached)
+    await paced.in_thread(STREAMED_Q, thread_ts=root)
+    await api.wait_for_posts(2)
+    await paced.settled()
+    assert [c.method for c in api.stream_calls][-1] == "chat.stopStream" and len(api.posts) == 2
 
 
 async def test_feedback_buttons_under_an_answer_rate_it_like_a_reaction(slack: Slack, api: FakeSlackApi) -> None:
