@@ -40,7 +40,14 @@ from aiogram.exceptions import (
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.methods import EditMessageText, GetUpdates, SendMessage, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
-from aiogram.types import Message, MessageReactionUpdated, ReactionTypeEmoji, ReplyParameters, Update
+from aiogram.types import (
+    Message,
+    MessageGenerationStopped,
+    MessageReactionUpdated,
+    ReactionTypeEmoji,
+    ReplyParameters,
+    Update,
+)
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from aiogram.utils.token import TokenValidationError
 from aiohttp import web
@@ -48,7 +55,7 @@ from aiolimiter import AsyncLimiter
 from cachetools import LRUCache
 from pydantic import ValidationError
 
-from adapters.base import ChatChannel, Place, StreamedMessage
+from adapters.base import ChatChannel, Place, StreamedMessage, split_text
 from bot.config import ConfigError, TelegramSettings
 from bot.message import UserMessage, pick_language
 from bot.service import ChannelService
@@ -56,8 +63,9 @@ from bot.store import StoredTurn
 
 log = logging.getLogger(__name__)
 CHANNEL = "telegram"
-# message_reaction updates only come when asked for by name.
-ALLOWED_UPDATES = ["message", "message_reaction"]
+# message_reaction updates only come when asked for by name, and with a list given, so does every other kind
+# (stopped_message_generation: the customer pressed the stop button on a draft).
+ALLOWED_UPDATES = ["message", "message_reaction", "stopped_message_generation"]
 # Reaction -> rating; TELEGRAM_REACTIONS replaces it.
 DEFAULT_REACTIONS = {"👍": 1, "❤": 1, "🔥": 1, "👏": 1, "👎": -1, "💩": -1, "🤮": -1}
 # The parts of a message the handlers read (see replay_fields); a message with none of text or caption is
@@ -138,8 +146,9 @@ def replay_fields(update: dict[str, Any]) -> dict[str, Any]:
     """What handling an update needs: ids, chat, sender, text and entities, the quoted message's ids. Not
     photos, files, contacts, locations, or the text of the message it replies to."""
     kept: dict[str, Any] = {"update_id": update["update_id"]}
-    if isinstance(update.get("message_reaction"), dict):
-        kept["message_reaction"] = update["message_reaction"]
+    for kind in ("message_reaction", "stopped_message_generation"):
+        if isinstance(update.get(kind), dict):
+            kept[kind] = update[kind]
     message = update.get("message")
     if isinstance(message, dict):
         kept["message"] = {k: message[k] for k in MESSAGE_FIELDS if k in message}
@@ -209,16 +218,35 @@ class FloodControl(BaseRequestMiddleware):
                 await backoff.asleep()
 
 
+class GenerationStopped(Exception):
+    """The customer pressed the draft's stop button: raised to the pipeline, which stops generating."""
+
+
 class DraftStream(StreamedMessage):
     """A private chat's answer while it is generated: Telegram's message draft (sendMessageDraft), an
-    animated preview that the final message, sent as usual, replaces."""
+    animated preview that the final message, sent as usual, replaces.
+
+    The draft has a stop button (can_stop). Pressing it (`stop`, from a stopped_message_generation update)
+    only sets a flag; the next text the pipeline streams finds it: the text shown so far (already filtered)
+    is sent as a message, so that the customer keeps it, and GenerationStopped tells the pipeline to stop,
+    which stores the turn as cancelled; `finish` then links that message to the turn. Everything after a
+    stop happens on the answer's own path, so a stop can never race the final reply into a second message.
+    A stop after the last streamed text changes nothing: the answer is complete, and is sent as usual."""
 
     def __init__(self, channel: TelegramChannel, place: Place) -> None:
         super().__init__(channel, place)
         self.tg = channel.tg
         self.draft_id = next(_draft_ids)
+        self.stopped = False
+        self._sent: list[str] = []  # the message(s) with the text shown when it was stopped
+
+    def stop(self) -> None:
+        self.stopped = True
 
     async def show(self, text: str) -> None:
+        if self.stopped:
+            await self._keep_shown()
+            raise GenerationStopped(f"the customer stopped draft {self.draft_id}")
         now = time.monotonic()
         if now - self._edited_at < DRAFT_EVERY_S or len(text) > MAX_MESSAGE_CHARS:
             return
@@ -228,11 +256,26 @@ class DraftStream(StreamedMessage):
                 self.draft_id,
                 text=text,
                 message_thread_id=int(self.place.thread) if self.place.thread else None,
+                can_stop=True,
+                keep_on_stop=True,  # it stays until the message with its text replaces it
             )
         except TelegramAPIError as exc:  # a courtesy: the final message still goes out
             log.info("Telegram draft failed: %s", exc.message)
             return
-        self._edited_at = now
+        self.text, self._edited_at = text, now
+
+    async def _keep_shown(self) -> None:
+        """Send what the draft showed as a message (once; the turn is linked in `finish`)."""
+        if self.message_id is None and self.text:
+            self._sent = await self.channel.send(self.place, self.text)
+            self.message_id = self._sent[0]
+
+    async def finish(self, text: str, turn_id: int | None) -> None:
+        """After a stop: the shown text is in the chat already; it is the turn's answer message."""
+        if turn_id is not None and self._sent:
+            for message_id in self._sent:
+                await self.channel.service.link_answer(self.place.chat_id, message_id, turn_id)
+            await self.channel.answer_shown(self.place, self._sent[-1], split_text(self.text, MAX_MESSAGE_CHARS)[-1])
 
 
 class TelegramChannel(ChatChannel):
@@ -256,6 +299,9 @@ class TelegramChannel(ChatChannel):
         self.dp = Dispatcher(disable_fsm=True)
         self.dp.include_router(self._router())
         self._poller: asyncio.Task[None] | None = None
+        # The draft of the answer being generated in each private chat (one at a time: a chat's updates
+        # are handled in order), which its stop button stops.
+        self._drafts: dict[str, DraftStream] = {}
 
     # --- start and stop -----------------------------------------------------------------------------
 
@@ -339,7 +385,8 @@ class TelegramChannel(ChatChannel):
         return update_id
 
     def conversation_of(self, payload: dict[str, Any]) -> str | None:
-        """The chat: answers keep their order, and a reaction waits for its answer's link."""
+        """The chat: answers keep their order, and a reaction waits for its answer's link. A stop has none:
+        it must reach the answer it stops while that is still being generated, not wait behind it."""
         event = payload.get("message") or payload.get("message_reaction")
         chat = event.get("chat") if isinstance(event, dict) else None
         return str(chat.get("id")) if isinstance(chat, dict) else None
@@ -369,8 +416,12 @@ class TelegramChannel(ChatChannel):
         return str(sent.message_id)
 
     def streamer(self, place: Place) -> StreamedMessage | None:
-        """Private chats (positive ids) stream as drafts; groups post and edit (the base's way)."""
-        return DraftStream(self, place) if int(place.chat_id) > 0 else super().streamer(place)
+        """Private chats (positive ids) stream as drafts, with a stop button; groups post and edit (the
+        base's way)."""
+        if int(place.chat_id) <= 0:
+            return super().streamer(place)
+        draft = self._drafts[place.chat_id] = DraftStream(self, place)
+        return draft
 
     async def edit(self, place: Place, message_id: str, text: str) -> None:
         await self.tg.edit_message_text(text=text, chat_id=int(place.chat_id), message_id=int(message_id))
@@ -432,6 +483,7 @@ class TelegramChannel(ChatChannel):
         router.message.register(self.on_text, F.text, self._addressed)
         router.message.register(self.on_other, self._addressed)
         router.message_reaction.register(self.on_reaction)
+        router.stopped_message_generation.register(self.on_stop)
         return router
 
     async def _addressed(self, message: Message) -> bool:
@@ -485,8 +537,12 @@ class TelegramChannel(ChatChannel):
             CHANNEL, conversation_id(message), str(user.id), f"{message.chat.id}:{message.message_id}", text
         )
         private = message.chat.type == ChatType.PRIVATE
-        async with self._typing(message):
-            await self.answer(incoming, self.place_of(message), f"{user.full_name} (telegram:{user.id})", private)
+        place = self.place_of(message)
+        try:
+            async with self._typing(message):
+                await self.answer(incoming, place, f"{user.full_name} (telegram:{user.id})", private)
+        finally:
+            self._drafts.pop(place.chat_id, None)  # answered (or failed): its stop button stops nothing now
 
     async def on_fix(self, message: Message, command: CommandObject) -> None:
         assert message.from_user is not None
@@ -541,6 +597,16 @@ class TelegramChannel(ChatChannel):
         await self.rate_reaction(
             str(event.chat.id), str(event.message_id), str(event.user.id), self.rating_of(latest[0]) if latest else None
         )
+
+    async def on_stop(self, event: MessageGenerationStopped) -> None:
+        """The customer pressed a draft's stop button: that answer stops, if it is still being generated."""
+        draft = self._drafts.get(str(event.chat.id))
+        if draft is None or draft.draft_id != event.draft_id:
+            log.info(
+                "Telegram: stop for draft %d in chat %d, which is not being generated", event.draft_id, event.chat.id
+            )
+            return
+        draft.stop()
 
 
 def _from_person(message: Message) -> bool:

@@ -26,10 +26,21 @@ from bot.handoff import HANDED_OFF
 from bot.message import UserMessage
 from bot.server import RunningServer
 from bot.store import Store
-from tests.fakes.telegram_api import BOT_USERNAME, TOKEN, FakeTelegram, Sent, message, reaction, reply_to
+from tests.fakes.openai_server import FakeModelServer
+from tests.fakes.telegram_api import (
+    BOT_USERNAME,
+    TOKEN,
+    FakeTelegram,
+    Sent,
+    message,
+    reaction,
+    reply_to,
+    stopped_generation,
+)
 from tests.support import ORDER_A as ANSWER
 from tests.support import ORDER_Q as QUESTION
 from tests.support import ROOT, free_port, make_settings
+from tests.test_backends import VERSION
 from tuning import dataset
 
 # A sample question whose answer has clause ends, so it streams (tests/test_streaming.py).
@@ -38,6 +49,13 @@ STREAMED_A = (
     "We accept Alipay, WeChat Pay, UnionPay cards and Visa or Mastercard credit cards. "
     "Cash on delivery is not available."
 )
+# What the paced fake model answers to anything, a word every PACE_S: many clauses, so that it is still
+# being generated for a few seconds after its first draft.
+PACED_A = (
+    "We accept Alipay, WeChat Pay, UnionPay cards, Visa and Mastercard. Cash on delivery is not available, "
+    "sorry. Refunds go back to the card you paid with, within seven days, and you get an email when it is done."
+)
+PACE_S = 0.1
 AGENT = 42  # listed in AGENT_IDS
 CUSTOMER = 1001
 GROUP = -100200
@@ -54,9 +72,16 @@ async def fake() -> AsyncIterator[FakeTelegram]:
 
 @asynccontextmanager
 async def serving(
-    data_dir: Path, fake: FakeTelegram, trust_agent_room: bool = False, **telegram: Any
+    data_dir: Path,
+    fake: FakeTelegram,
+    trust_agent_room: bool = False,
+    bot: dict[str, Any] | None = None,
+    **telegram: Any,
 ) -> AsyncIterator[RunningServer]:
-    settings = make_settings(data_dir, agent_ids=f"http:alice,telegram:{AGENT}", trust_agent_room=trust_agent_room)
+    """The bot's server with Telegram on; `bot` overrides its settings, `telegram` the adapter's."""
+    settings = make_settings(
+        data_dir, agent_ids=f"http:alice,telegram:{AGENT}", trust_agent_room=trust_agent_room, **(bot or {})
+    )
     tg = TelegramSettings(_env_file=None, bot_token=TOKEN, api_base=fake.url, **telegram)
     server = await start(settings, {"telegram": tg})
     try:
@@ -122,7 +147,7 @@ async def test_message_gets_the_answer(
     )
     assert await server.bot.store.turn_for_answer_message("telegram", str(CUSTOMER), str(sent.message_id)) == turn.id
     _, getupdates = next(call for call in fake.calls if call[0] == "getUpdates")
-    assert "message_reaction" in getupdates["allowed_updates"]
+    assert {"message_reaction", "stopped_message_generation"} <= set(getupdates["allowed_updates"])
     assert TOKEN not in caplog.text
 
 
@@ -334,8 +359,9 @@ async def test_a_private_answer_streams_as_a_draft_then_one_message(server: Runn
     update_id = await fake.push(update)
     [sent] = await fake.wait_sent(1)
     await handled(server, fake, update_id)
-    drafts = [text for _, text in fake.drafts]
-    assert drafts and len({draft_id for draft_id, _ in fake.drafts}) == 1  # one animated draft
+    drafts = [d.text for d in fake.drafts]
+    assert drafts and len({d.draft_id for d in fake.drafts}) == 1  # one animated draft
+    assert all(d.can_stop and d.keep_on_stop for d in fake.drafts)  # with a stop button
     for earlier, later in zip(drafts, [*drafts[1:], STREAMED_A], strict=True):
         assert later.startswith(earlier) and later != earlier
     assert sent.text == STREAMED_A and not fake.edits  # the final message, sent once
@@ -357,6 +383,69 @@ async def test_a_group_answer_streams_into_one_message_edited_in_place(
     assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False))
     turn_id = await server.bot.store.turn_for_answer_message("telegram", str(GROUP), str(sent.message_id))
     assert turn_id is not None and len([s for s in fake.sent if s.chat_id == GROUP]) == 1
+
+
+@pytest.fixture
+async def paced_model() -> AsyncIterator[FakeModelServer]:
+    """A model server answering PACED_A a word at a time (the starter answers in a few milliseconds,
+    before anyone could press stop)."""
+    model = FakeModelServer(VERSION, PACED_A, chunk_delay=PACE_S)
+    await model.start()
+    yield model
+    await model.stop()
+
+
+async def test_the_stop_button_stops_the_answer_and_the_customer_keeps_what_was_shown(
+    data_dir: Path, fake: FakeTelegram, paced_model: FakeModelServer
+) -> None:
+    async with serving(data_dir, fake, bot={"model_backends": f"paced={paced_model.url}"}) as server:
+        update = message(CUSTOMER, STREAMED_Q)
+        update_id = await fake.push(update)
+        await fake.wait_for(lambda: bool(fake.drafts))
+        draft = fake.drafts[0]
+        assert (draft.chat_id, draft.can_stop, draft.keep_on_stop) == (CUSTOMER, True, True)
+        stop_id = await fake.press_stop(draft.draft_id)
+        [sent] = await fake.wait_sent(1)
+        await handled(server, fake, update_id)
+        await handled(server, fake, stop_id)
+        # The customer keeps what the draft showed, as a message; no draft came after it.
+        assert {d.draft_id for d in fake.drafts} == {draft.draft_id}
+        assert all(d.can_stop and d.keep_on_stop for d in fake.drafts)
+        assert (sent.chat_id, sent.text) == (CUSTOMER, fake.drafts[-1].text) and len(fake.sent) == 1
+        assert max(i for i, m in enumerate(fake.methods()) if m == "sendMessageDraft") < fake.methods().index(
+            "sendMessage"
+        )
+        # Generation stopped: the turn is stored cancelled with what was generated until then, not cached.
+        turn = await server.bot.store.turn_for_message("telegram", f"{CUSTOMER}:{update['message']['message_id']}")
+        assert turn is not None and turn.outcome == "cancelled"
+        assert turn.answer.startswith(sent.text) and PACED_A.startswith(turn.answer) and turn.answer != PACED_A
+        assert len(server.bot.cache) == 0
+
+        async def let_go() -> bool:  # the model server's stream was closed before its end
+            return paced_model.hung_up == 1
+
+        await eventually(let_go)
+        # The kept message is the turn's answer: a reaction on it rates the turn.
+        assert (
+            await server.bot.store.turn_for_answer_message("telegram", str(CUSTOMER), str(sent.message_id)) == turn.id
+        )
+
+
+async def test_a_stop_for_no_running_answer_is_ignored(
+    server: RunningServer, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    stray = await fake.push(stopped_generation(CUSTOMER, 987654))  # a draft this bot never sent
+    await handled(server, fake, stray)
+    update_id = await fake.push(message(CUSTOMER, STREAMED_Q))
+    [sent] = await fake.wait_sent(1)
+    await handled(server, fake, update_id)
+    late = await fake.press_stop(fake.drafts[-1].draft_id)  # pressed as the answer arrived: too late
+    await handled(server, fake, late)
+    assert [s.text for s in fake.sent] == [sent.text] == [STREAMED_A]
+    [turn] = await server.bot.store.turns()
+    assert (turn.outcome, turn.answer) == ("answered", STREAMED_A)
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert await server.bot.store.inbox_pending("telegram") == []
 
 
 # --- delivery ---------------------------------------------------------------------------------------
@@ -495,7 +584,7 @@ async def test_webhook(data_dir: Path, fake: FakeTelegram) -> None:
     async with serving(data_dir, fake, webhook_url=url, webhook_secret=secret) as server:
         _, fields = next(call for call in fake.calls if call[0] == "setWebhook")
         assert (fields["url"], fields["secret_token"]) == (url, secret)
-        assert "message_reaction" in fields["allowed_updates"]
+        assert {"message_reaction", "stopped_message_generation"} <= set(fields["allowed_updates"])
         endpoint = f"http://127.0.0.1:{server.port}/telegram/webhook"
         update = {"update_id": 900, **message(CUSTOMER, QUESTION)}
         good = {"X-Telegram-Bot-Api-Secret-Token": secret}
@@ -512,6 +601,9 @@ async def test_webhook(data_dir: Path, fake: FakeTelegram) -> None:
             for _ in range(2):  # Telegram retries when it misses our 200: still one answer
                 async with http.post(endpoint, json=update, headers=good) as response:
                     assert response.status == 200
+            stop = {"update_id": 901, **stopped_generation(CUSTOMER, 987654)}  # no such draft: ignored
+            async with http.post(endpoint, json=stop, headers=good) as response:
+                assert response.status == 200
         [sent] = await fake.wait_sent(1)
         assert (sent.chat_id, sent.text) == (CUSTOMER, ANSWER)
         await eventually(lambda: no_pending(server))

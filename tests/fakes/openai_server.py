@@ -33,6 +33,7 @@ class FakeModelServer:
         self.retry_after = 1
         self.requests: list[dict[str, Any]] = []  # the body of every chat completion asked for
         self.probes = 0  # GET /v1/models calls
+        self.hung_up = 0  # streams the bot closed before their end (it stopped generating)
         self.url = ""
         self._released = asyncio.Event()  # ends hanging handlers at stop
         self._runner: web.AppRunner | None = None
@@ -85,16 +86,19 @@ class FakeModelServer:
         if self.mode in ("truncated", "interrupted"):
             words = words[: len(words) // 2]
         chunks = [{"role": "assistant", "content": ""}] + [{"content": w} for w in words]
-        for i, delta in enumerate(chunks):
-            if self.mode == "malformed" and i == 2:
-                await response.write(b'data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')
-                return response
-            await response.write(self._chunk(delta))
-            await asyncio.sleep(self.chunk_delay)
-        if self.mode == "ok":
-            await response.write(self._chunk({}, finish_reason="stop") + b"data: [DONE]\n\n")
-        elif self.mode == "interrupted":
-            await response.write(b"data: [DONE]\n\n")
+        try:
+            for i, delta in enumerate(chunks):
+                if self.mode == "malformed" and i == 2:
+                    await response.write(b'data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')
+                    return response
+                await response.write(self._chunk(delta))
+                await asyncio.sleep(self.chunk_delay)
+            if self.mode == "ok":
+                await response.write(self._chunk({}, finish_reason="stop") + b"data: [DONE]\n\n")
+            elif self.mode == "interrupted":
+                await response.write(b"data: [DONE]\n\n")
+        except ConnectionResetError:  # the bot stopped reading (e.g. the customer stopped the answer)
+            self.hung_up += 1
         return response
 
     def _chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> bytes:

@@ -1,8 +1,10 @@
 """A fake Telegram Bot API server on 127.0.0.1: enough of getMe, getUpdates, sendMessage,
-sendChatAction and setWebhook/deleteWebhook for the adapter to talk real HTTP to it.
+editMessageText, sendMessageDraft, sendChatAction and setWebhook/deleteWebhook for the adapter to talk
+real HTTP to it.
 
-Tests queue updates with `push`, read what the bot sent from `sent`, and can make the next
-sendMessage calls fail with 429 (`flood`) or hang until released (`hold_sends`, to kill the bot mid-send).
+Tests queue updates with `push`, read what the bot sent from `sent` (and `drafts`), press a draft's stop
+button with `press_stop`, and can make the next sendMessage calls fail with 429 (`flood`) or hang until
+released (`hold_sends`, to kill the bot mid-send).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -22,6 +24,16 @@ TOKEN = "123456:TEST-token-for-the-fake-api"
 BOT_ID = 123456
 BOT_USERNAME = "shop_test_bot"
 MAX_POLL_WAIT_S = 1.0  # long polls end early here, so a test never waits on one for long
+
+
+class Draft(NamedTuple):
+    """One sendMessageDraft call."""
+
+    chat_id: int
+    draft_id: int
+    text: str
+    can_stop: bool = False  # the customer sees a stop button
+    keep_on_stop: bool = False
 
 
 @dataclass
@@ -40,7 +52,7 @@ class FakeTelegram:
         self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self.sent: list[Sent] = []
         self.edits: list[tuple[int, str]] = []  # (message_id, new text) of every editMessageText
-        self.drafts: list[tuple[int, str]] = []  # (draft_id, text) of every sendMessageDraft
+        self.drafts: list[Draft] = []  # every sendMessageDraft
         self.calls: list[tuple[str, dict[str, Any]]] = []  # every request: method and decoded fields
         self.confirmed = 0  # the highest offset a getUpdates call has confirmed up to
         self.flood = 0  # answer this many next sendMessage calls with 429
@@ -93,6 +105,13 @@ class FakeTelegram:
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+    async def press_stop(self, draft_id: int) -> int:
+        """The customer presses the stop button of a draft the bot sent (with can_stop, as Telegram only
+        shows it then): a stopped_message_generation update is queued; returns its update_id."""
+        [draft, *_] = [d for d in reversed(self.drafts) if d.draft_id == draft_id]
+        assert draft.can_stop, f"draft {draft_id} has no stop button"
+        return await self.push(stopped_generation(draft.chat_id, draft_id))
 
     async def release_sends(self) -> None:
         self.hold_sends = False
@@ -188,7 +207,16 @@ class FakeTelegram:
         """A private chat's animated preview of a message being written: kept in `drafts`."""
         if int(fields["chat_id"]) < 0:
             return _error(400, "Bad Request: drafts can be sent only to private chats")
-        self.drafts.append((int(fields["draft_id"]), fields.get("text", "")))
+        self.drafts.append(
+            Draft(
+                int(fields["chat_id"]),
+                int(fields["draft_id"]),
+                fields.get("text", ""),
+                _flag(fields.get("can_stop")),
+                _flag(fields.get("keep_on_stop")),
+            )
+        )
+        await self._notify()
         return _ok(True)
 
     async def _sendchataction(self, fields: dict[str, Any]) -> web.Response:
@@ -214,6 +242,11 @@ def _decode(fields: dict[str, Any]) -> dict[str, Any]:
         except json.JSONDecodeError:
             decoded[key] = value
     return decoded
+
+
+def _flag(value: Any) -> bool:
+    """A boolean field: aiogram sends them in the form as "true"/"false"."""
+    return value is True or value == "true"
 
 
 def _ok(result: Any) -> web.Response:
@@ -288,3 +321,11 @@ def reaction(
             **extra,
         }
     }
+
+
+def stopped_generation(chat_id: int, draft_id: int, message_thread_id: int | None = None) -> dict[str, Any]:
+    """A `stopped_message_generation` update body: the customer pressed a draft's stop button."""
+    body: dict[str, Any] = {"chat": chat(chat_id), "draft_id": draft_id}
+    if message_thread_id is not None:
+        body["message_thread_id"] = message_thread_id
+    return {"stopped_message_generation": body}
