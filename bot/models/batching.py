@@ -45,7 +45,6 @@ class Request:
     prefix: int = 0  # the prompt's first tokens that many prompts share (read once, then reused)
     on_token: Callable[[list[int]], bool] | None = None
     tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)  # of each chosen token, for the answer's confidence
     error: BaseException | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -106,7 +105,9 @@ class Decoder:
     def _loop(self) -> None:
         rows: list[Request] = []
         lengths: list[int] = []  # tokens in each row's cache
-        cache: list[np.ndarray] = []  # per past name: [rows, kv_heads, width, head_size], right-padded
+        # Per past name: [rows, kv_heads, width, head_size], right-padded; kept as the runtime's own
+        # tensors between steps, so a step's cache goes back in without a copy through numpy.
+        cache: list[ort.OrtValue] = []
         while True:
             while len(rows) < self.max_batch:
                 try:
@@ -120,7 +121,7 @@ class Decoder:
                     present = self._prefill(request)
                     if request.done.is_set():  # ended at its first token
                         continue
-                    cache = _join(cache, present)
+                    cache = _tensors(_join([c.numpy() for c in cache], present))
                 except Exception as exc:  # the caller gets it; the batch goes on
                     self._finish(request, exc)
                     continue
@@ -144,7 +145,7 @@ class Decoder:
                 rows = [rows[i] for i in keep]
                 lengths = [lengths[i] for i in keep]
                 width = max(lengths, default=0)
-                cache = [np.ascontiguousarray(c[keep, :, :width]) for c in cache] if rows else []
+                cache = _tensors([c.numpy()[keep, :, :width] for c in cache]) if rows else []
 
     def _prefill(self, request: Request) -> list[np.ndarray]:
         """Read the prompt into a cache of its own. A shared start (the shop's system prompt) is read
@@ -171,28 +172,28 @@ class Decoder:
         )
         return logits, present
 
-    def _step(self, rows: list[Request], lengths: list[int], cache: list[np.ndarray]) -> list[np.ndarray]:
+    def _step(self, rows: list[Request], lengths: list[int], cache: list[ort.OrtValue]) -> list[ort.OrtValue]:
         BATCH.observe(len(rows))
-        width = cache[0].shape[2]
+        width = cache[0].shape()[2]
         mask = np.zeros((len(rows), width + 1), dtype=np.int64)
         for i, length in enumerate(lengths):
             mask[i, : length + 1] = 1  # the row's cache plus the token it is given now
         ids = np.asarray([[request.tokens[-1]] for request in rows], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": mask} | dict(zip(self.past_names, cache, strict=True))
-        logits, *present = self.session.run(["logits", *self.present_names], feed)
+        feed = dict(zip(["input_ids", "attention_mask", *self.past_names], _tensors([ids, mask]) + cache, strict=True))
+        logits, *present = self.session.run_with_ort_values(["logits", *self.present_names], feed)
+        last = logits.numpy()[:, -1]
         for i, request in enumerate(rows):
             lengths[i] += 1
-            self._advance(request, logits[i, -1])
+            self._advance(request, last[i])
         return present
 
     def _advance(self, request: Request, logits: np.ndarray) -> None:
         """Choose the request's next token; end it at an end token, its length limit or a cancel."""
-        token, logprob = choose(logits, request.search, request.tokens)
+        token = choose(logits, request.search, request.tokens)
         if token in self.eos:
             self._finish(request)
             return
         request.tokens.append(token)
-        request.logprobs.append(logprob)
         try:
             wanted = request.on_token is None or request.on_token(request.tokens)
         except Exception as exc:  # the caller's to handle, not the batch's
@@ -206,6 +207,11 @@ class Decoder:
     def _finish(request: Request, error: BaseException | None = None) -> None:
         request.error = error
         request.done.set()
+
+
+def _tensors(arrays: list[np.ndarray]) -> list[ort.OrtValue]:
+    """The arrays as the runtime's tensors (sharing their memory, which each tensor keeps alive)."""
+    return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in arrays]
 
 
 def _join(cache: list[np.ndarray], present: list[np.ndarray]) -> list[np.ndarray]:
@@ -223,21 +229,18 @@ def _join(cache: list[np.ndarray], present: list[np.ndarray]) -> list[np.ndarray
     return joined
 
 
-def choose(logits: np.ndarray, search: Search, seen: list[int]) -> tuple[int, float]:
-    """The next token and its log-probability under the model (before temperature and top-p)."""
-    logits = logits.astype(np.float64)
+def choose(logits: np.ndarray, search: Search, seen: list[int]) -> int:
+    """The next token: the likeliest (greedy), or drawn with temperature and top-p."""
     if search.repetition_penalty != 1.0 and seen:
+        logits = logits.copy()
         ids = np.unique(seen)
         picked = logits[ids]
         logits[ids] = np.where(picked > 0, picked / search.repetition_penalty, picked * search.repetition_penalty)
-    top = logits.max()
-    logsumexp = top + np.log(np.exp(logits - top).sum())
     if search.temperature <= 0:
-        token = int(logits.argmax())
-    else:
-        probs = np.exp((logits - top) / search.temperature)
-        probs /= probs.sum()
-        order = np.argsort(-probs)
-        kept = order[: int(np.searchsorted(np.cumsum(probs[order]), search.top_p)) + 1]
-        token = int(np.random.default_rng().choice(kept, p=probs[kept] / probs[kept].sum()))
-    return token, float(logits[token] - logsumexp)
+        return int(logits.argmax())
+    scaled = (logits.astype(np.float64) - logits.max()) / search.temperature
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    kept = order[: int(np.searchsorted(np.cumsum(probs[order]), search.top_p)) + 1]
+    return int(np.random.default_rng().choice(kept, p=probs[kept] / probs[kept].sum()))
