@@ -39,7 +39,6 @@ import asyncio
 import json
 import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -232,33 +231,6 @@ def worker_onnx(spec: dict[str, Any]) -> dict[str, Any]:
     return {"precision": precision}
 
 
-def replay_tokens(tokenizer: Any, chats: list[Any], cfg: Any) -> dict[str, int]:
-    """Mirror tuning.train.train's encode, row filter and batch picking; count real and padded tokens fed."""
-    from tuning.train import IGNORE, encode
-
-    full = [encode(tokenizer, chat, 10**9)[0] for chat in chats]
-    rows = [encode(tokenizer, chat, cfg.max_len) for chat in chats]
-    rows = [r for r in rows if any(label != IGNORE for label in r[1])]
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
-    fed = padded = 0
-    for _ in range(cfg.steps):
-        for _ in range(cfg.grad_accum):
-            if len(order) < cfg.batch_size:
-                order += rng.sample(range(len(rows)), len(rows))
-            picked, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            lengths = [len(rows[i][0]) for i in picked]
-            fed += sum(lengths)
-            padded += max(lengths) * len(lengths)
-    return {
-        "rows": len(rows),
-        "tokens_in_set": sum(len(r[0]) for r in rows),
-        "tokens_fed": fed,
-        "padded_fed": padded,
-        "truncated_rows": sum(len(ids) > cfg.max_len for ids in full),
-    }
-
-
 def worker_tune(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer
@@ -273,7 +245,10 @@ def worker_tune(spec: dict[str, Any]) -> dict[str, Any]:
     losses = fine_tune(spec["base"], chats, out, cfg)
     total = time.perf_counter() - began
     logged = read_jsonl(out / "loss.jsonl")
-    fed = replay_tokens(AutoTokenizer.from_pretrained(out / "hf"), chats, cfg)
+    from bench.tuning_bench import replay_tokens
+    from tuning.train import IGNORE, encode
+
+    fed = replay_tokens(AutoTokenizer.from_pretrained(out / "hf"), chats, cfg, IGNORE, encode)
     loop_s = logged[-1]["s"]
     return {
         "fine_tune_s": round(total, 1),
@@ -707,7 +682,7 @@ def report(data: dict[str, Any]) -> str:
                 [
                     name,
                     f"{cfg['preset']}: {cfg['steps']} x {cfg['batch_size']}, max_len {cfg['max_len']}, lr {cfg['lr']:g}",
-                    f"{s['rows']} ({s['truncated_rows']} cut)",
+                    f"{s['rows']} ({s['truncated']} cut)",
                     f"{s['epochs']:.2f}",
                     f"{s['tokens_fed']:,} / {s['padded_fed']:,}",
                     f"{s['train_loop_s']:.0f}",

@@ -233,7 +233,7 @@ def worker_starter_tokens(version_dir: Path, ds: Path) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(version_dir / "hf")
     system = BotSettings(_env_file=None).system_prompt
     chats = [with_system(system, r["messages"]) for r in dataset.load_split(ds, "train")]
-    fed = _replay(tokenizer, chats, cfg, IGNORE, encode)
+    fed = replay_tokens(tokenizer, chats, cfg, IGNORE, encode)
     losses = [json.loads(line) for line in (version_dir / "loss.jsonl").read_text().splitlines()]
     loop_s = losses[-1]["s"]
     epochs = cfg.steps * cfg.batch_size * cfg.grad_accum / fed["rows"]
@@ -260,7 +260,7 @@ def worker_starter_tokens(version_dir: Path, ds: Path) -> dict[str, Any]:
     }
 
 
-def _replay(tokenizer: Any, chats: list, cfg: Any, ignore: int, encode: Any) -> dict[str, int]:
+def replay_tokens(tokenizer: Any, chats: list, cfg: Any, ignore: int, encode: Any) -> dict[str, int]:
     """Mirror tuning.train.train's row filter and batch picking; count real and padded tokens."""
     full = [encode(tokenizer, chat, 10**9)[0] for chat in chats]
     rows = [encode(tokenizer, chat, cfg.max_len) for chat in chats]
@@ -356,7 +356,7 @@ def worker_qwen_tune(gguf: str, out: Path, steps: int) -> dict[str, Any]:
         t = time.perf_counter()
         losses = train(model, tokenizer, chats, cfg, **kw)
         timings["train_call_s"] = round(time.perf_counter() - t, 2)
-        timings["fed"] = _replay(tokenizer, chats, cfg, T.IGNORE, T.encode)
+        timings["fed"] = replay_tokens(tokenizer, chats, cfg, T.IGNORE, T.encode)
         return losses
 
     T.load_base, T.train = timed_load, timed_train  # instrumentation only: fine_tune looks them up here
