@@ -429,7 +429,7 @@ class SlackChannel(ChatChannel):
         code = api_error(error)
         if code in STREAMING_UNAVAILABLE:
             scope, where = "everywhere", "anywhere"
-        elif code in STREAM_REFUSED_ONCE or not isinstance(error, SlackApiError) or not self.is_permanent(error):
+        elif code in STREAM_REFUSED_ONCE or not self.is_permanent(error):
             log.info("slack: could not start streaming an answer (%s); posting it instead", code)
             return
         else:

@@ -362,6 +362,7 @@ def prepare_data(
     """Training sets of (b) and (c), the eval views, and the leak checks; written under `work`."""
     from bot.models.chat import with_system
     from tuning import dataset, split
+    from tuning.monthly import weighted_chats
 
     splits, card = dataset.build(None, [])  # the sample data, split by tuning.split (not kept: no registry)
     views = split.by_view([{"view": r["view"], "messages": r["messages"]} for r in splits["eval"]])
@@ -379,12 +380,8 @@ def prepare_data(
         leftover.unlink()
     asyncio.run(_store_corrections(store))
     month, month_card = dataset.build(store, [])  # rated chats + the sample data's train split, as `tuning run`
-    weight = cfg_increment.chat_weight  # what tuning.monthly._run does (inline there)
-    increment = [
-        with_system(system_prompt, r["messages"])
-        for r in month["train"]
-        for _ in range(weight if r["source"] == "chats" else 1)
-    ]
+    weight = cfg_increment.chat_weight
+    increment = weighted_chats(month["train"], system_prompt, weight)  # as `tuning run` does
     # Leak checks: no eval question (normalised) in any tune's training rows, the starter's is checked later.
     every_eval = [c for chats in views.values() for c in chats]
     first_asked = set().union(*(split.asked(c) for c in first))

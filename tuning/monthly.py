@@ -92,6 +92,16 @@ def choose_preset(registry: Registry, version: str | None) -> tuple[str, str]:
     return "pretrained-monthly", f"{version}'s line began from the pretrained {began}"
 
 
+def weighted_chats(train: list[dict[str, Any]], system_prompt: str, chat_weight: int) -> list[Chat]:
+    """What a tune trains on: the train split's chats behind the system prompt, each rated chat (they are
+    few) repeated `chat_weight` times."""
+    return [
+        with_system(system_prompt, r["messages"])
+        for r in train
+        for _ in range(chat_weight if r["source"] == "chats" else 1)
+    ]
+
+
 def run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, Any]:
     with run_lock(data_dir):
         return _run(data_dir, system_prompt, options)
@@ -132,11 +142,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
     version, scratch = registry.start_version()
     data_hashes = dataset.write(splits, card, scratch / DATASET_DIR)
     base = options.base or str(registry.hf_dir(registry.resolve("current")))
-    chats = [
-        with_system(system_prompt, r["messages"])
-        for r in splits["train"]
-        for _ in range(cfg.chat_weight if r["source"] == "chats" else 1)
-    ]
+    chats = weighted_chats(splits["train"], system_prompt, cfg.chat_weight)
     cfg = cfg.sized(len(chats))
     log.info("%s: tuning %s on %d examples (%d rated chats) with %s", version, base, len(chats), len(rated), cfg.method)
     t = time.perf_counter()
