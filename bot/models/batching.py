@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +68,7 @@ class Decoder:
         self.kv_heads = int(decoder["num_key_value_heads"])
         self.head_size = int(decoder["head_size"])
         self.context = int(config["context_length"])
+        self.vocab = int(config["vocab_size"])
         eos = config["eos_token_id"]
         self.eos = set(eos if isinstance(eos, list) else [eos])
         names = decoder["inputs"]
@@ -103,49 +104,44 @@ class Decoder:
     # --- the loop ---------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        rows: list[Request] = []
-        lengths: list[int] = []  # tokens in each row's cache
-        # Per past name: [rows, kv_heads, width, head_size], right-padded; kept as the runtime's own
-        # tensors between steps, so a step's cache goes back in without a copy through numpy.
-        cache: list[ort.OrtValue] = []
+        batch = _Batch(self, [], [], [])
         while True:
-            while len(rows) < self.max_batch:
-                try:
-                    request = self._waiting.get_nowait()
-                except queue.Empty:
-                    break
-                if request.cancelled.is_set():  # gave up while waiting
-                    self._finish(request)
-                    continue
-                try:
-                    present = self._prefill(request)
-                    if request.done.is_set():  # ended at its first token
-                        continue
-                    cache = _tensors(_join([c.numpy() for c in cache], present))
-                except Exception as exc:  # the caller gets it; the batch goes on
-                    self._finish(request, exc)
-                    continue
-                rows.append(request)
-                lengths.append(len(request.prompt))
-            if not rows:
+            # Between two steps: ended answers leave and waiting ones join, in one regrouping.
+            keep = [i for i, request in enumerate(batch.rows) if not request.done.is_set()]
+            joined = self._admit(self.max_batch - len(keep))
+            if joined or len(keep) < len(batch.rows):
+                batch = batch.regroup(keep, joined)
+            if not batch.rows:
                 with self._lock:  # nothing running: stop, unless an answer arrived meanwhile
                     if self._waiting.empty():
                         self._running = False
                         return
                 continue
             try:
-                cache = self._step(rows, lengths, cache)
-            except Exception as exc:
-                for request in rows:
+                self._step(batch)
+            except Exception as exc:  # every answer in the batch gets it; they leave at the next regrouping
+                for request in batch.rows:
                     self._finish(request, exc)
-                rows, lengths, cache = [], [], []
+
+    def _admit(self, places: int) -> list[tuple[Request, list[np.ndarray]]]:
+        """Up to `places` waiting requests, each with the cache its prompt left."""
+        joined: list[tuple[Request, list[np.ndarray]]] = []
+        while len(joined) < places:
+            try:
+                request = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if request.cancelled.is_set():  # gave up while waiting
+                self._finish(request)
                 continue
-            keep = [i for i, request in enumerate(rows) if not request.done.is_set()]
-            if len(keep) < len(rows):
-                rows = [rows[i] for i in keep]
-                lengths = [lengths[i] for i in keep]
-                width = max(lengths, default=0)
-                cache = _tensors([c.numpy()[keep, :, :width] for c in cache]) if rows else []
+            try:
+                present = self._prefill(request)
+            except Exception as exc:  # the caller gets it; the batch goes on
+                self._finish(request, exc)
+                continue
+            if not request.done.is_set():  # else it ended at its first token
+                joined.append((request, present))
+        return joined
 
     def _prefill(self, request: Request) -> list[np.ndarray]:
         """Read the prompt into a cache of its own. A shared start (the shop's system prompt) is read
@@ -172,20 +168,19 @@ class Decoder:
         )
         return logits, present
 
-    def _step(self, rows: list[Request], lengths: list[int], cache: list[ort.OrtValue]) -> list[ort.OrtValue]:
-        BATCH.observe(len(rows))
-        width = cache[0].shape()[2]
-        mask = np.zeros((len(rows), width + 1), dtype=np.int64)
-        for i, length in enumerate(lengths):
+    def _step(self, batch: _Batch) -> None:
+        """Every row one token further: the model reads each row's last token and writes its key and
+        value into the row's cache in place, at the row's own length."""
+        BATCH.observe(len(batch.rows))
+        mask = np.zeros((len(batch.rows), max(batch.lengths) + 1), dtype=np.int64)
+        for i, length in enumerate(batch.lengths):
             mask[i, : length + 1] = 1  # the row's cache plus the token it is given now
-        ids = np.asarray([[request.tokens[-1]] for request in rows], dtype=np.int64)
-        feed = dict(zip(["input_ids", "attention_mask", *self.past_names], _tensors([ids, mask]) + cache, strict=True))
-        logits, *present = self.session.run_with_ort_values(["logits", *self.present_names], feed)
-        last = logits.numpy()[:, -1]
-        for i, request in enumerate(rows):
-            lengths[i] += 1
-            self._advance(request, last[i])
-        return present
+        batch.binding.bind_cpu_input("input_ids", np.asarray([[r.tokens[-1]] for r in batch.rows], dtype=np.int64))
+        batch.binding.bind_cpu_input("attention_mask", mask)
+        self.session.run_with_iobinding(batch.binding)
+        for i, request in enumerate(batch.rows):
+            batch.lengths[i] += 1
+            self._advance(request, batch.logits[i, -1])
 
     def _advance(self, request: Request, logits: np.ndarray) -> None:
         """Choose the request's next token; end it at an end token, its length limit or a cancel."""
@@ -209,24 +204,42 @@ class Decoder:
         request.done.set()
 
 
-def _tensors(arrays: list[np.ndarray]) -> list[ort.OrtValue]:
-    """The arrays as the runtime's tensors (sharing their memory, which each tensor keeps alive)."""
-    return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in arrays]
+class _Batch:
+    """The answers being decoded and their caches. Per past name one array [rows, kv_heads, room,
+    head_size], bound as both the model's past and its present: GroupQueryAttention then writes each
+    step's keys and values into it in place, so a step copies no cache. `room` fits every row's prompt
+    and longest answer, so the arrays change only when a row joins or leaves."""
 
+    def __init__(self, decoder: Decoder, rows: list[Request], lengths: list[int], cache: list[np.ndarray]) -> None:
+        self.decoder, self.rows, self.lengths, self.cache = decoder, rows, lengths, cache
+        self.binding = decoder.session.io_binding()
+        self.logits = np.empty((len(rows), 1, decoder.vocab), dtype=np.float32)
+        if rows:
+            names = zip(decoder.past_names, decoder.present_names, cache, strict=True)
+            for past, present, array in names:
+                value = ort.OrtValue.ortvalue_from_numpy(array)
+                self.binding.bind_ortvalue_input(past, value)
+                self.binding.bind_ortvalue_output(present, value)
+            self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
 
-def _join(cache: list[np.ndarray], present: list[np.ndarray]) -> list[np.ndarray]:
-    """The batch cache with one more row, both right-padded to the wider of the two."""
-    if not cache:
-        return present
-    rows, heads, width, size = cache[0].shape
-    wide = max(width, present[0].shape[2])
-    joined = []
-    for old, new in zip(cache, present, strict=True):
-        both = np.zeros((rows + 1, heads, wide, size), dtype=old.dtype)
-        both[:rows, :, :width] = old
-        both[rows, :, : new.shape[2]] = new[0]
-        joined.append(both)
-    return joined
+    def regroup(self, keep: Sequence[int], joined: list[tuple[Request, list[np.ndarray]]]) -> _Batch:
+        """A batch of rows `keep` of this one, then the `joined` requests with the caches their prompts left."""
+        decoder = self.decoder
+        rows = [self.rows[i] for i in keep] + [request for request, _ in joined]
+        lengths = [self.lengths[i] for i in keep] + [len(request.prompt) for request, _ in joined]
+        if not rows:
+            return _Batch(decoder, [], [], [])
+        room = max(min(decoder.context, len(r.prompt) + r.max_new_tokens) for r in rows)
+        used = max((self.lengths[i] for i in keep), default=0)
+        cache = []
+        for n in range(len(decoder.past_names)):
+            array = np.zeros((len(rows), decoder.kv_heads, room, decoder.head_size), dtype=np.float32)
+            if keep:
+                array[: len(keep), :, :used] = self.cache[n][list(keep), :, :used]
+            for j, (_, present) in enumerate(joined, start=len(keep)):
+                array[j, :, : present[n].shape[2]] = present[n][0]
+            cache.append(array)
+        return _Batch(decoder, rows, lengths, cache)
 
 
 def choose(logits: np.ndarray, search: Search, seen: list[int]) -> int:
