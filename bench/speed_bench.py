@@ -163,7 +163,13 @@ def section_build(gguf: Path) -> dict[str, Path]:
     rows = []
     steps = [
         ("GGUF -> PyTorch folder (`gguf_to_folder`)", "hf", HF_CODE, str(gguf)),
-        ("PyTorch -> ONNX INT4 (`export_onnx`, accuracy level 4)", "int4", ONNX_CODE, str(folders["hf"]), "int4"),
+        (
+            "PyTorch -> ONNX INT4 (`export_onnx`: fp32 build, then ORT's quantizer)",
+            "int4",
+            ONNX_CODE,
+            str(folders["hf"]),
+            "int4",
+        ),
         ("PyTorch -> ONNX fp32 (`export_onnx`)", "fp32", ONNX_CODE, str(folders["hf"]), "fp32"),
     ]
     for label, key, code, *args in steps:
@@ -181,9 +187,32 @@ def section_build(gguf: Path) -> dict[str, Path]:
 # --- engines ------------------------------------------------------------------------------------
 
 
+def og_folder(folder: Path) -> Path:
+    """The build as onnxruntime-genai's generator needs it: scoring every position it reads (the bot's
+    build scores only the last, `last_logits_only`). Same weights file, linked."""
+    import onnx
+
+    target = folder.with_name(folder.name + "-all-logits")
+    if not (target / "model.onnx").exists():
+        target.mkdir(exist_ok=True)
+        for path in folder.iterdir():
+            if path.name != "model.onnx" and not (target / path.name).exists():
+                (target / path.name).symlink_to(path.resolve())
+        model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+        graph = model.graph
+        (last,) = [node for node in graph.node if node.op_type == "Slice" and node.name == "/lm_head/last_position"]
+        head = next(node for node in graph.node if last.output[0] in node.input)
+        head.input[list(head.input).index(last.output[0])] = last.input[0]
+        graph.node.remove(last)
+        logits = next(output for output in graph.output if output.name == "logits")
+        logits.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
+        onnx.save(model, str(target / "model.onnx"))
+    return target
+
+
 def og_model(folder: Path, threads: int) -> og.Model:
     """onnxruntime-genai's own generator, threads set as the bot sets them (its defaults run at half speed)."""
-    config = og.Config(str(folder))
+    config = og.Config(str(og_folder(folder)))
     options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
     config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
     return og.Model(config)

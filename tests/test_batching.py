@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -117,3 +118,16 @@ def test_an_idle_model_holds_no_thread(model: ChatModel) -> None:
     model.generate(chat(ORDER_Q))
     time.sleep(0.05)
     assert not any(t.name.startswith("decoder-") for t in threading.enumerate())
+
+
+def test_the_build_scores_only_the_last_position_and_a_prompt_read_at_once_equals_one_read_token_by_token(
+    model: ChatModel,
+) -> None:
+    decoder, ids = model.decoder, model.prompt_ids(chat(QUESTIONS[5]))
+    nothing = [np.zeros((1, decoder.kv_heads, 0, decoder.head_size), dtype=np.float32)] * len(decoder.past_names)
+    at_once, _ = decoder._run(ids, nothing)
+    assert at_once.shape == (1, 1, decoder.vocab)
+    cache = nothing
+    for token in ids:
+        logits, cache = decoder._run([token], cache)
+    np.testing.assert_allclose(logits, at_once, atol=1e-4)

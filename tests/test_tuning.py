@@ -251,10 +251,14 @@ def test_stage_commands_train_export_quantise_eval(data_dir: Path, tmp_path: Pat
         "int4",
     )
     assert exported.returncode == 0, exported.stderr
-    # Weight-only INT4 that computes in int8 (accuracy level 4), attention fused by the builder.
+    # Weight-only INT4 in blocks of 128 with zero points, computed in int8 (accuracy level 4); attention
+    # fused by the builder.
     graph = onnx.load(str(tmp_path / "onnx/model.onnx"), load_external_data=False).graph
-    levels = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
-    assert levels == {4} and any(n.op_type == "GroupQueryAttention" for n in graph.node)
+    quantized = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    attributes = {(a.name, a.i) for n in quantized for a in n.attribute if a.name in ("accuracy_level", "block_size")}
+    assert attributes == {("accuracy_level", 4), ("block_size", 128)}
+    assert all(len(n.input) >= 4 and n.input[3] for n in quantized)  # zero points: asymmetric
+    assert any(n.op_type == "GroupQueryAttention" for n in graph.node)
     evaluated = tuning_cli(
         data_dir, "eval", "--model", str(tmp_path / "onnx"), "--data", str(tmp_path / "ds/eval.jsonl"), "--limit", "5"
     )
