@@ -189,7 +189,8 @@ def section_build(gguf: Path) -> dict[str, Path]:
 
 def og_folder(folder: Path) -> Path:
     """The build as onnxruntime-genai's generator needs it: scoring every position it reads (the bot's
-    build scores only the last, `last_logits_only`). Same weights file, linked."""
+    build scores only the last, `last_logits_only`). Same weights file, hard-linked (ONNX Runtime
+    refuses external data that a symbolic link leads out of the model's folder)."""
     import onnx
 
     target = folder.with_name(folder.name + "-all-logits")
@@ -197,7 +198,7 @@ def og_folder(folder: Path) -> Path:
         target.mkdir(exist_ok=True)
         for path in folder.iterdir():
             if path.name != "model.onnx" and not (target / path.name).exists():
-                (target / path.name).symlink_to(path.resolve())
+                os.link(path, target / path.name)
         model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
         graph = model.graph
         (last,) = [node for node in graph.node if node.op_type == "Slice" and node.name == "/lm_head/last_position"]
