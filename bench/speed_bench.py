@@ -460,6 +460,24 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> list[str]:
     ]
 
 
+def teacher_forced(folder: Path, prompts: list[list[int]], answers: list[list[int]]) -> tuple[float, float]:
+    """The build reading each prompt and its given answer at once: the share of answer tokens that are
+    its likeliest next token, and their mean negative log-likelihood."""
+    import numpy as np
+
+    decoder = Decoder(og_folder(folder), 2, 1)  # the all-positions copy: a score for every answer token
+    nothing = [np.zeros((1, decoder.kv_heads, 0, decoder.head_size), dtype=np.float32)] * len(decoder.past_names)
+    hits, losses = 0, []
+    for ids, answer in zip(prompts, answers, strict=True):
+        logits, _ = decoder._run(ids + answer, nothing)
+        scores = logits[0, len(ids) - 1 : len(ids) + len(answer) - 1].astype(np.float64)
+        hits += int((scores.argmax(-1) == answer).sum())
+        top = scores.max(-1, keepdims=True)
+        logprobs = scores - top - np.log(np.exp(scores - top).sum(-1, keepdims=True))
+        losses.extend(-logprobs[np.arange(len(answer)), answer])
+    return hits / max(len(losses), 1), float(np.mean(losses))
+
+
 def section_agree(folders: dict[str, Path], tokenizer: object, asked: list[str]) -> None:
     import torch
     from transformers import AutoModelForCausalLM
@@ -524,6 +542,13 @@ def section_agree(folders: dict[str, Path], tokenizer: object, asked: list[str])
         + ". Time for the 20 answers (2 threads): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
         + ".\n"
+    )
+    forced = {key: teacher_forced(folders[key], prompts, answers["fp32"]) for key in ("fp32", "int4")}
+    say(
+        "Teacher-forced (each build reads the fp32 build's answers; a free-running comparison stops at the "
+        f"first difference): INT4's likeliest next token is fp32's on {forced['int4'][0]:.1%} of the "
+        f"{sum(map(len, answers['fp32']))} answer tokens; mean negative log-likelihood of those tokens "
+        f"{forced['int4'][1]:.3f} for INT4, {forced['fp32'][1]:.3f} for fp32 itself.\n"
     )
     for q, a, b in zip(asked, answers["fp32"], answers["int4"], strict=True):
         if a != b:
