@@ -1,8 +1,10 @@
 """Starter model, built offline from the project's own data: a byte-level BPE tokenizer with ChatML
 tokens, a small Qwen2ForCausalLM trained from scratch, exported to ONNX and registered as current.
 
-Small on purpose: it memorises the shipped FAQ in well under a minute on 2 cores, so a fresh machine
-with no model hub answers at once; real deployments tune a pretrained Qwen (`tuning run --base`).
+Small on purpose, and sized by its corpus (`size_starter`): it memorises the shipped FAQ in about two
+minutes on 2 cores, so a fresh machine with no model hub answers soon; a larger corpus of long answers
+(`--data`) gets a wider model, a longer context and a token budget of its own. Real deployments tune a
+pretrained Qwen (`tuning run --base`).
 It trains on the train side of `tuning.split` only, like every later tune, and keeps what it trained
 on in its version folder (`train.jsonl`, hashed in the manifest's `data_hashes`).
 """
