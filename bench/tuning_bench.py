@@ -239,6 +239,9 @@ def worker_starter_tokens(version_dir: Path, ds: Path) -> dict[str, Any]:
     epochs = cfg.steps * cfg.batch_size * cfg.grad_accum / fed["rows"]
     return {
         "parameters": manifest.get("parameters"),
+        "shape": manifest.get("shape"),
+        "corpus": manifest.get("corpus"),  # what tuning.bootstrap.size_starter sized the starter from
+        "max_new_tokens": manifest.get("max_new_tokens"),
         "train_rows": fed["rows"],
         "tokens_in_split": fed["tokens_in_split"],
         "mean_tokens_per_row": round(fed["tokens_in_split"] / fed["rows"], 1),
@@ -265,13 +268,15 @@ def replay_tokens(tokenizer: Any, chats: list, cfg: Any, ignore: int, encode: An
     full = [encode(tokenizer, chat, 10**9)[0] for chat in chats]
     rows = [encode(tokenizer, chat, cfg.max_len) for chat in chats]
     rows = [r for r in rows if any(label != ignore for label in r[1])]
+    from tuning.train import epoch_order
+
     rng = random.Random(cfg.seed)
     order: list[int] = []
     fed = padded = 0
     for _ in range(cfg.steps):
         for _ in range(cfg.grad_accum):
             if len(order) < cfg.batch_size:
-                order += rng.sample(range(len(rows)), len(rows))
+                order += epoch_order(rng, [len(ids) for ids, _ in rows], cfg)
             picked, order = order[: cfg.batch_size], order[cfg.batch_size :]
             lengths = [len(rows[i][0]) for i in picked]
             fed += sum(lengths)

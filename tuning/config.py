@@ -29,6 +29,7 @@ class TuneConfig:
     max_len: int = 320  # tokens per chat; longer chats keep their end (the answers)
     seed: int = 0  # shuffling and weight initialisation
     grad_checkpointing: bool = False  # trade compute for memory (large models)
+    group_by_length: bool = False  # batch chats of like length together: less padding (tuning/train.py)
     log_every: int = 25  # steps between lines in loss.jsonl
     checkpoint_every: int = 50  # steps between checkpoint.pt writes (0: none); `train --resume` continues
     # --- method
@@ -68,9 +69,19 @@ class TuneConfig:
 # sample data (326 train rows): the 2M-parameter starter learns a corrected answer only by repetition.
 MONTHLY = TuneConfig()
 PRESETS = {
-    # The offline starter model, a small Qwen2 trained from nothing (tuning/bootstrap.py): ~400 steps.
+    # The offline starter model, a small Qwen2 trained from nothing (tuning/bootstrap.py). Its steps, context
+    # (max_len) and shape come from the corpus (`bootstrap.size_starter`): `epochs` is only the most passes
+    # a small corpus gets (~400 steps on the sample data) and `max_len` the least context.
     "scratch": replace(
-        MONTHLY, preset="scratch", method="full", epochs=40, batch_size=32, lr=4e-3, warmup=20, checkpoint_every=0
+        MONTHLY,
+        preset="scratch",
+        method="full",
+        epochs=40,
+        batch_size=32,
+        lr=4e-3,
+        warmup=20,
+        checkpoint_every=0,
+        group_by_length=True,
     ),
     "monthly": MONTHLY,
     # A first LoRA tune of a pretrained base (`tuning run --base ...`). A starting point, not a measured

@@ -12,12 +12,13 @@ and the combined scores are those of all their rows together.
 
 from __future__ import annotations
 
+import copy
 import re
 import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sacrebleu.metrics import BLEU
@@ -119,18 +120,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def scoring_length(model: ChatModel, references: list[str]) -> int:
+    """Tokens generated per answer when scoring: the longest reference (in the model's tokens) plus a
+    quarter and 16, so an answer as long as its reference is never cut and the score is of the answer,
+    not of the serving cap (BOT_MAX_NEW_TOKENS). The model's context still bounds each answer."""
+    longest = max(model.count_tokens(reference) for reference in references)
+    return longest + max(16, longest // 4)
+
+
+def _scoring_model(model: ChatModel, references: list[str]) -> ChatModel:
+    """`model` generating up to `scoring_length`: the same weights and decoder, so the caller's model
+    keeps the length it serves with. A wrapper that is not a ChatModel (bench/quality_bench.py's
+    Recording) generates as it was built to."""
+    if not isinstance(model, ChatModel):
+        return model
+    scorer = copy.copy(model)
+    scorer.settings = replace(model.settings, max_new_tokens=scoring_length(model, references))
+    return scorer
+
+
 def evaluate(model: ChatModel, chats: list[Chat], system_prompt: str, limit: int | None = None) -> Evaluation:
-    """The metrics, some samples and every row's result."""
+    """The metrics, some samples and every row's result. Answers are generated up to `scoring_length`
+    of these references, whatever length `model` serves with."""
     chats = chats[:limit] if limit else chats
     if not chats:
         raise ValueError("nothing to evaluate: the data has no examples")
-    predictions, references, latencies = [], [], []
+    references = [chat[-1]["content"] for chat in chats]
+    scorer = _scoring_model(model, references)
+    predictions, latencies = [], []
     for chat in chats:
         prompt = with_system(system_prompt, chat[:-1])
         began = time.perf_counter()
-        predictions.append(model.generate(prompt))
+        predictions.append(scorer.generate(prompt))
         latencies.append(time.perf_counter() - began)
-        references.append(chat[-1]["content"])
     correct = list(map(is_correct, predictions, references))
     rows = [Row(*row) for row in zip(correct, bleu_stats(predictions, references), latencies, strict=True)]
     samples = [

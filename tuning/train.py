@@ -74,6 +74,23 @@ def _lr_at(step: int, steps: int, cfg: TuneConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def epoch_order(rng: random.Random, lengths: list[int], cfg: TuneConfig) -> list[int]:
+    """One pass over the rows in random order. With `group_by_length`, each run of 64 batches is sorted
+    by length before it is cut into batches, and the batches are shuffled: a batch is padded to its
+    longest row, so chats of like length together waste less compute on padding (a third of the
+    tokens fed on the Bitext answers, which range from 20 to 500 tokens)."""
+    order = rng.sample(range(len(lengths)), len(lengths))
+    if not cfg.group_by_length:
+        return order
+    run = cfg.batch_size * 64
+    batches = []
+    for start in range(0, len(order), run):
+        chunk = sorted(order[start : start + run], key=lengths.__getitem__)
+        batches += [chunk[i : i + cfg.batch_size] for i in range(0, len(chunk), cfg.batch_size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
+
+
 def device_and_dtype() -> tuple[torch.device, torch.dtype | None]:
     """bf16 (or fp16) autocast on CUDA, plain fp32 on CPU."""
     if torch.cuda.is_available():
@@ -116,7 +133,7 @@ def train(
         total = 0.0
         for _ in range(cfg.grad_accum):
             if len(order) < cfg.batch_size:
-                order += rng.sample(range(len(rows)), len(rows))
+                order += epoch_order(rng, [len(ids) for ids, _ in rows], cfg)
             picked, order = order[: cfg.batch_size], order[cfg.batch_size :]
             batch = {k: v.to(device) for k, v in _batch([rows[i] for i in picked], pad_id).items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
