@@ -1,23 +1,53 @@
 """Write the shipped sample data of Maple Mall / 枫叶商城, a fictional online shop.
 
-Everything here was written for this project. Running `python data/make_sample.py` (Python 3.11,
-stdlib only, seeded with random.Random(0)) rewrites, byte for byte:
+Everything here and in sample_more.py was written for this project. Running `python data/make_sample.py`
+(Python 3.11, stdlib only, seeded) rewrites, byte for byte (`--check`: only compares):
 
-    data/sample/faq.csv          instruction,response,intent,lang (one canonical answer per intent+lang)
-    data/sample/dialogues.jsonl  multi-turn chats {"messages": [...], "lang": ...}
-    data/lexicon/default.txt     the default sensitive-word list, word<TAB>category
-    data/lexicon/allow.txt       innocent words that contain a listed word
+    data/sample/faq.csv               instruction,response,intent,lang (one canonical answer per intent+lang)
+    data/sample/dialogues.jsonl       the hand-written multi-turn chats {"messages": [...], "lang": ...}
+    data/sample/more_dialogues.jsonl  more multi-turn chats: follow-ups, greetings, scripts (sample_more.py)
+    data/sample/small/                the subset the tests train on (TUNING_SAMPLE=small, tuning/formats.py):
+                                      the first 35 intents' written pairs and the hand-written dialogues
+    data/lexicon/default.txt          the default sensitive-word list, word<TAB>category
+    data/lexicon/allow.txt            innocent words that contain a listed word
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
+import re
+import sys
+import unicodedata
 from pathlib import Path
+
+from sample_more import (
+    EN_CASUAL,
+    EN_CLOSERS,
+    EN_CONNECTIVES,
+    EN_LEAD_INS,
+    EN_OPENERS_ANY,
+    EN_OPENERS_QUESTION,
+    EN_TYPOS,
+    MORE_QUESTIONS,
+    NEW_INTENTS,
+    RELATED,
+    SCRIPTS_EN,
+    SCRIPTS_ZH,
+    ZH_CASUAL,
+    ZH_CLOSERS,
+    ZH_CONNECTIVES,
+    ZH_LEAD_INS,
+    ZH_OPENERS_QUESTION,
+    ZH_OPENERS_STATEMENT,
+    ZH_TYPOS,
+)
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "sample"
+SMALL = SAMPLE / "small"
 LEXICON = HERE / "lexicon"
 
 # intent -> lang -> (canonical answer, paraphrased questions). Chinese text uses ASCII , ? ! and
@@ -1317,6 +1347,7 @@ ALLOW_HEADER = """\
 
 
 def faq_rows() -> list[dict[str, str]]:
+    """The first 35 intents' hand-written pairs: the test subset's FAQ (data/sample/small/faq.csv)."""
     rows = []
     for intent, langs in INTENTS.items():
         for lang in ("zh", "en"):
@@ -1325,17 +1356,13 @@ def faq_rows() -> list[dict[str, str]]:
     return rows
 
 
-def dialogues(rng: random.Random) -> list[dict]:
+def dialogues(rng: random.Random, used: set[str]) -> list[dict]:
+    """The hand-written dialogues (data/sample/dialogues.jsonl, in the subset too)."""
     out = []
-    used: set[str] = set()
     for lang, templates in (("zh", DIALOGUES_ZH), ("en", DIALOGUES_EN)):
         answers = {intent: langs[lang][0] for intent, langs in INTENTS.items()}
         for template in templates:
-            order = f"A{rng.randint(10000, 99999)}"
-            while order in used:
-                order = f"A{rng.randint(10000, 99999)}"
-            used.add(order)
-            slots = answers | {"o": order, "item": rng.choice(ITEMS[lang])}
+            slots = answers | {"o": order_number(rng, used), "item": rng.choice(ITEMS[lang])}
             messages = [
                 {"role": ("user", "assistant")[i % 2], "content": line.format(**slots)}
                 for i, line in enumerate(template)
@@ -1345,28 +1372,230 @@ def dialogues(rng: random.Random) -> list[dict]:
     return out
 
 
-def main() -> None:
-    rng = random.Random(0)
-    SAMPLE.mkdir(parents=True, exist_ok=True)
-    LEXICON.mkdir(parents=True, exist_ok=True)
+def order_number(rng: random.Random, used: set[str]) -> str:
+    order = f"A{rng.randint(10000, 99999)}"
+    while order in used:
+        order = f"A{rng.randint(10000, 99999)}"
+    used.add(order)
+    return order
 
-    with (SAMPLE / "faq.csv").open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["instruction", "response", "intent", "lang"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(faq_rows())
 
-    with (SAMPLE / "dialogues.jsonl").open("w", encoding="utf-8", newline="\n") as f:
-        for chat in dialogues(rng):
-            f.write(json.dumps(chat, ensure_ascii=False) + "\n")
+# --- the full sample: more phrasings, more intents, decorated questions and more multi-turn chats
 
+ALL_INTENTS = INTENTS | NEW_INTENTS
+UNDECORATED = {"greeting", "thanks"}  # "你好,谢谢" and "Hi, hello" read like nobody writes
+FAQ_VARIANT_SHARE = 0.85  # of the written questions get one decorated variant...
+FAQ_SECOND_VARIANT_SHARE = 0.3  # ...and this share a second one
+PAIRS_PER_RELATED = 3  # two-question chats per RELATED pair and language
+SCRIPT_INSTANCES = 8  # chats per script, each with its own choice of wordings
+TRAILING = re.compile(r"[\s?？!！.。,，~～]+$")
+# English first words that stay capitalised after an opener or a connective.
+KEEP_CAPITAL = {"I", "I'm", "I've", "I'd", "I'll", "Alipay", "WeChat", "UnionPay", "Visa", "Mastercard", "Huabei"}
+KEEP_CAPITAL |= {"Maple", "Macau", "Hong", "Spring", "Chinese", "National", "May", "Singles'", "Gold", "Order"}
+
+
+def normal(text: str) -> str:
+    """As bot.cache.normalise_question: the form the split and the dataset compare questions in."""
+    return TRAILING.sub("", " ".join(unicodedata.normalize("NFKC", text).casefold().split()))
+
+
+def written(intent: str, lang: str) -> list[str]:
+    return ALL_INTENTS[intent][lang][1] + MORE_QUESTIONS.get(intent, {}).get(lang, [])
+
+
+def lower_first(text: str) -> str:
+    first = text.split(" ", 1)[0]
+    return text if first in KEEP_CAPITAL else text[:1].lower() + text[1:]
+
+
+def opener(question: str, lang: str, rng: random.Random) -> str:
+    asks = question.endswith("?")
+    if lang == "zh":
+        return rng.choice(ZH_OPENERS_QUESTION if asks else ZH_OPENERS_STATEMENT) + question
+    return rng.choice(EN_OPENERS_ANY + (EN_OPENERS_QUESTION if asks else [])) + lower_first(question)
+
+
+def closer(question: str, lang: str, rng: random.Random) -> str:
+    if lang == "en":
+        return question + rng.choice(EN_CLOSERS)
+    return question + ("" if question.endswith(("?", "!")) else ",") + rng.choice(ZH_CLOSERS)
+
+
+def casual(question: str, lang: str, rng: random.Random) -> str | None:
+    """The spoken form (咋, 啥 / u, pls, dont), or None where the question has nothing to change."""
+    if lang == "zh":
+        text = question
+        for formal, spoken in ZH_CASUAL:
+            if formal == "吗?" and "怎么" in question:
+                continue  # "咋...不?" is no question anybody asks
+            text = text.replace(formal, spoken, 1)
+    else:
+        text = question
+        for pattern, spoken in EN_CASUAL:
+            text = re.sub(pattern, spoken, text, count=1, flags=re.IGNORECASE)
+        text = text.lower().rstrip(".")
+    return text if normal(text) != normal(question) else None
+
+
+def typo(question: str, lang: str, rng: random.Random) -> str | None:
+    """One slip of the keyboard, or None where none fits."""
+    slips = [(right, wrong) for right, wrong in (ZH_TYPOS if lang == "zh" else EN_TYPOS) if right in question]
+    if not slips:
+        return None
+    right, wrong = rng.choice(slips)
+    return question.replace(right, wrong, 1)
+
+
+def variant(question: str, lang: str, rng: random.Random, seen: set[str]) -> str | None:
+    """One decorated form of `question` not in `seen` (normalised), or None."""
+    kinds = ["opener", "opener", "opener", "closer", "closer", "both", "casual", "casual", "typo", "typo"]
+    first = rng.choice(kinds)
+    for kind in [first, *rng.sample(sorted(set(kinds)), 5)]:
+        if kind == "opener":
+            text: str | None = opener(question, lang, rng)
+        elif kind == "closer":
+            text = closer(question, lang, rng)
+        elif kind == "both":
+            text = closer(opener(question, lang, rng), lang, rng)
+        elif kind == "casual":
+            text = casual(question, lang, rng)
+        else:
+            text = typo(question, lang, rng)
+        if text is not None and normal(text) not in seen:
+            return text
+    return None
+
+
+def full_faq_rows(rng: random.Random) -> list[dict[str, str]]:
+    """Every intent's written questions (the subset's first, so the split treats them alike), then their
+    decorated variants; grouped by intent and language."""
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for intent in ALL_INTENTS:
+        for lang in ("zh", "en"):
+            for question in written(intent, lang):
+                if normal(question) in seen:
+                    raise ValueError(f"{intent}/{lang}: {question!r} is written twice")
+                seen.add(normal(question))
+    for intent in ALL_INTENTS:
+        for lang in ("zh", "en"):
+            questions = list(written(intent, lang))
+            if intent not in UNDECORATED:
+                for question in written(intent, lang):
+                    for share in (FAQ_VARIANT_SHARE, FAQ_SECOND_VARIANT_SHARE):
+                        if rng.random() < share and (text := variant(question, lang, rng, seen)):
+                            seen.add(normal(text))
+                            questions.append(text)
+            answer = ALL_INTENTS[intent][lang][0]
+            rows += [{"instruction": q, "response": answer, "intent": intent, "lang": lang} for q in questions]
+    return rows
+
+
+def join(connectives: list[str], question: str, lang: str, rng: random.Random) -> str:
+    """A follow-up question joined to the chat ("那...?", "And ...?"); some connectives only fit questions."""
+    asks = question.endswith("?")
+    fitting = [c for c in connectives if asks or c not in ("那", "And ", "Another question: ")]
+    connective = rng.choice(fitting)
+    return connective + (lower_first(question) if lang == "en" else question)
+
+
+def more_dialogues(rng: random.Random, used: set[str]) -> list[dict]:
+    """Two related questions in a row, a greeting then a question, and the multi-turn scripts."""
+    out: list[dict] = []
+    prompts: set[tuple[str, ...]] = set()
+
+    def add(lang: str, lines: list[str]) -> None:
+        key = tuple(normal(line) for line in lines[:-1:2])
+        if key not in prompts:
+            prompts.add(key)
+            out.append(
+                {
+                    "messages": [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(lines)],
+                    "lang": lang,
+                }
+            )
+
+    for lang in ("zh", "en"):
+        answers = {intent: langs[lang][0] for intent, langs in ALL_INTENTS.items()}
+        connectives = ZH_CONNECTIVES if lang == "zh" else EN_CONNECTIVES
+        for first, second in RELATED:
+            for _ in range(PAIRS_PER_RELATED):
+                asked = rng.choice(written(first, lang))
+                if rng.random() < 0.3:
+                    asked = opener(asked, lang, rng)
+                then = join(connectives, rng.choice(written(second, lang)), lang, rng)
+                add(lang, [asked, answers[first], then, answers[second]])
+        lead_ins = ZH_LEAD_INS if lang == "zh" else EN_LEAD_INS
+        for intent in ALL_INTENTS:
+            if intent in UNDECORATED:
+                continue
+            lead_in, question = rng.choice(lead_ins), rng.choice(written(intent, lang))
+            if lang == "en" and lead_in.endswith((": ", ", ")):
+                question = lower_first(question)
+            add(lang, [rng.choice(written("greeting", lang)), answers["greeting"], lead_in + question, answers[intent]])
+        for script in SCRIPTS_ZH if lang == "zh" else SCRIPTS_EN:
+            choices: set[tuple[int, ...]] = set()
+            for _ in range(SCRIPT_INSTANCES * 4):  # tries; short scripts have fewer distinct wordings
+                if len(choices) == SCRIPT_INSTANCES:
+                    break
+                picked = tuple(rng.randrange(len(turn)) for turn in script[::2])
+                if picked in choices:
+                    continue
+                choices.add(picked)
+                slots = answers | {"o": order_number(rng, used), "item": rng.choice(ITEMS[lang])}
+                lines = [
+                    (turn if isinstance(turn, str) else turn[picked[i // 2]]).format(**slots)
+                    for i, turn in enumerate(script)
+                ]
+                add(lang, lines)
+    rng.shuffle(out)
+    return out
+
+
+def csv_text(rows: list[dict[str, str]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["instruction", "response", "intent", "lang"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def jsonl_text(chats: list[dict]) -> str:
+    return "".join(json.dumps(chat, ensure_ascii=False) + "\n" for chat in chats)
+
+
+def files() -> dict[Path, str]:
+    """Every generated file and its text."""
+    used: set[str] = set()
+    core = dialogues(random.Random(0), used)
+    more = more_dialogues(random.Random(1), used)
     lines = [LEXICON_HEADER]
     for category, words in LEXICON_ENTRIES.items():
         lines.append(f"\n# {category}\n")
         lines += [f"{word}\t{category}\n" for word in words]
-    (LEXICON / "default.txt").write_text("".join(lines), encoding="utf-8", newline="\n")
-    (LEXICON / "allow.txt").write_text(
-        ALLOW_HEADER + "\n" + "".join(w + "\n" for w in ALLOW), encoding="utf-8", newline="\n"
-    )
+    return {
+        SAMPLE / "faq.csv": csv_text(full_faq_rows(random.Random(2))),
+        SAMPLE / "dialogues.jsonl": jsonl_text(core),
+        SAMPLE / "more_dialogues.jsonl": jsonl_text(more),
+        SMALL / "faq.csv": csv_text(faq_rows()),
+        SMALL / "dialogues.jsonl": jsonl_text(core),
+        LEXICON / "default.txt": "".join(lines),
+        LEXICON / "allow.txt": ALLOW_HEADER + "\n" + "".join(w + "\n" for w in ALLOW),
+    }
+
+
+def main() -> None:
+    """Write the files; with --check, write nothing and exit 1 when any file differs from what it would be."""
+    stale = []
+    for path, text in files().items():
+        if "--check" in sys.argv[1:]:
+            if not path.exists() or path.read_bytes() != text.encode():
+                stale.append(str(path.relative_to(HERE)))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode())
+    if stale:
+        sys.exit(f"not as data/make_sample.py writes them: {', '.join(stale)} (run python data/make_sample.py)")
 
 
 if __name__ == "__main__":

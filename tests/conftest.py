@@ -1,6 +1,12 @@
 """Shared fixtures. The starter model is built once (seeded) and copied into each test's own data
 directory, so tests never share a SQLite file or a registry. The build is kept in .venv, keyed by a
-hash of the data and the training code, so a second `make test` on the same checkout skips it."""
+hash of the data and the training code, so a second `make test` on the same checkout skips it.
+
+The tests' sample data is the small subset (data/sample/small, 418 chats: TUNING_SAMPLE=small, see
+tuning/formats.py), set here before any test runs, so the starter, every `tuning run` a test starts (the
+subprocesses inherit it) and the split all see the same rows, and a tune takes minutes, not the full
+sample's quarter of an hour. `TUNING_SAMPLE=full` builds the tests' starter from the full sample instead
+(slow; tests that count the subset's held-out rows then fail)."""
 
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ from bot.store import Store
 from bot.store.postgres import shown
 from tests.support import REDIS_URL, ROOT, SYSTEM_PROMPT, make_settings, redis_answers
 from tuning.bootstrap import bootstrap
+from tuning.formats import SAMPLE_ENV
+
+os.environ.setdefault(SAMPLE_ENV, "small")
 
 # What the starter model is built from: the data, the trainer with its presets, and the export.
 STARTER_INPUTS = [
@@ -36,7 +45,7 @@ STARTER_INPUTS = [
 
 @pytest.fixture(scope="session")
 def starter_dir() -> Path:
-    digest = hashlib.sha256(SYSTEM_PROMPT.encode())
+    digest = hashlib.sha256(f"{SYSTEM_PROMPT}\0{os.environ[SAMPLE_ENV]}".encode())
     for path in STARTER_INPUTS:
         digest.update(path.read_bytes())
     folder = ROOT / ".venv" / "test-starter" / digest.hexdigest()[:16]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,12 @@ from bot.models.chat import Chat
 
 SPEAKERS = {"用户": "user", "客户": "user", "user": "user", "客服": "assistant", "assistant": "assistant"}
 SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data" / "sample"
+# Which shipped sample "the sample data" is: "full" (unset: every file in data/sample, over 3,000 chats) or
+# "small" (data/sample/small, 418 chats of the same data). The tests set "small" (tests/conftest.py), so
+# their starter model and tunes train in minutes; subprocesses inherit it, so a test's `tuning run` splits
+# the same rows its starter did.
+SAMPLE_ENV = "TUNING_SAMPLE"
+SAMPLES = {"full": SHIPPED_DATA, "small": SHIPPED_DATA / "small"}
 # An assistant message with this key set to "true" is context only: the model sees it, its loss is masked
 # (a bot answer nobody approved, kept for the conversation around an approved one). Templates ignore it.
 CONTEXT_ONLY = "context_only"
@@ -35,7 +42,11 @@ class DataError(ValueError):
 
 
 def shipped_files() -> list[Path]:
-    return sorted(p for p in SHIPPED_DATA.iterdir() if p.suffix in {".csv", ".jsonl", ".json"})
+    """The data files of the shipped sample that TUNING_SAMPLE selects (`SAMPLES`)."""
+    choice = os.environ.get(SAMPLE_ENV) or "full"
+    if choice not in SAMPLES:
+        raise DataError(f"{SAMPLE_ENV}={choice!r}: use {' or '.join(SAMPLES)}")
+    return sorted(p for p in SAMPLES[choice].iterdir() if p.suffix in {".csv", ".jsonl", ".json"})
 
 
 def read_chats(path: Path) -> list[Chat]:
