@@ -205,6 +205,8 @@ def og_folder(folder: Path) -> Path:
         head = next(node for node in graph.node if last.output[0] in node.input)
         head.input[list(head.input).index(last.output[0])] = last.input[0]
         graph.node.remove(last)
+        for name in last.input[1:]:  # the slice's bounds
+            graph.initializer.remove(next(t for t in graph.initializer if t.name == name))
         logits = next(output for output in graph.output if output.name == "logits")
         logits.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
         onnx.save(model, str(target / "model.onnx"))
