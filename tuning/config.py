@@ -46,7 +46,7 @@ class TuneConfig:
     max_bleu_drop: float = 0.02
     max_p99_s: float = 1.5  # P99 answer latency, seconds (P90 when under 100 answers: see tuning/gate.py)
     # Fewer held-out rows and the gate refuses to decide: one row would be over 3% of the score and the
-    # bootstrap interval too wide to tell a drop from noise. The shipped sample data holds out 92 (tuning/split.py).
+    # bootstrap interval too wide to tell a drop from noise. The shipped sample data holds out 853, the tests' subset 92 (tuning/split.py).
     min_eval_rows: int = 30
     # The "taught" view (held-out agents' answers, tuning/split.py) is judged by the same drops once it has
     # this many rows; with fewer it is reported, not judged.
@@ -66,7 +66,8 @@ class TuneConfig:
 
 
 # The increment of the small starter line: LoRA on its merged weights. 14 epochs is ~300 steps on the
-# sample data (326 train rows): the 2M-parameter starter learns a corrected answer only by repetition.
+# tests' subset of the sample data (326 train rows), ~2,200 on the full sample (2,552): the small
+# starter learns a corrected answer only by repetition.
 MONTHLY = TuneConfig()
 PRESETS = {
     # The offline starter model, a small Qwen2 trained from nothing (tuning/bootstrap.py). Its steps, context
