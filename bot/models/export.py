@@ -57,9 +57,15 @@ def export_onnx(model_dir: Path | str, out_dir: Path, precision: str | None = No
     with tempfile.TemporaryDirectory(prefix="builder-") as work:
         built = Path(work) / "fp32" if precision == "int4" else out_dir
         builder = [sys.executable, "-m", "onnxruntime_genai.models.builder", *source]
-        _run([*builder, "-o", str(built), "-p", "fp32", "-e", "cpu", "-c", str(Path(work) / "cache")], model_dir)
+        _run(
+            [*builder, "-o", str(built), "-p", "fp32", "-e", "cpu", "-c", str(Path(work) / "cache")],
+            f"the model builder failed on {model_dir}",
+        )
         if precision == "int4":
-            _run([sys.executable, "-m", __name__, str(built / ONNX_FILE), str(out_dir / ONNX_FILE)], model_dir)
+            _run(
+                [sys.executable, "-m", __name__, str(built / ONNX_FILE), str(out_dir / ONNX_FILE)],
+                f"INT4 quantisation failed on {model_dir}",
+            )
             for path in built.iterdir():  # the runtime's config and the tokenizer, as built
                 if not path.name.startswith(ONNX_FILE):
                     shutil.copy2(path, out_dir / path.name)
@@ -68,10 +74,10 @@ def export_onnx(model_dir: Path | str, out_dir: Path, precision: str | None = No
     return out_dir
 
 
-def _run(command: list[str], model_dir: Path | str) -> None:
+def _run(command: list[str], failure: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"building {model_dir} failed: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{failure}: {done.stderr.strip()[-2000:]}")
 
 
 def quantize_int4(source: Path, target: Path) -> None:
