@@ -56,6 +56,7 @@ import onnxruntime_genai as og  # noqa: E402
 from bot.config import BotSettings  # noqa: E402
 from bot.models.batching import Decoder, Request, Search  # noqa: E402
 from bot.models.chat import with_system  # noqa: E402
+from bot.models.export import LAST_POSITION  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 BITEXT = SHARED / "data" / "bitext" / "Bitext_Sample_Customer_Support_Training_Dataset_8b6ca3d.csv"
@@ -201,7 +202,7 @@ def og_folder(folder: Path) -> Path:
                 os.link(path, target / path.name)
         model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
         graph = model.graph
-        (last,) = [node for node in graph.node if node.op_type == "Slice" and node.name == "/lm_head/last_position"]
+        (last,) = [node for node in graph.node if node.op_type == "Slice" and node.name == LAST_POSITION]
         head = next(node for node in graph.node if last.output[0] in node.input)
         head.input[list(head.input).index(last.output[0])] = last.input[0]
         graph.node.remove(last)

@@ -26,6 +26,7 @@ PRECISIONS = ("fp32", "int4")
 # Weights files larger than this are a pretrained-size model and get INT4 weights by default; smaller
 # ones (the starter) stay fp32, where quantising saves nothing and costs accuracy.
 INT4_FROM_BYTES = 100 * 2**20
+LAST_POSITION = "/lm_head/last_position"  # the Slice `last_logits_only` puts before the LM head
 # Files the builder may not carry over but the tokenizer (chat template included) needs.
 SIDE_FILES = (
     "tokenizer.json",
@@ -111,7 +112,7 @@ def last_logits_only(model_file: Path) -> None:
     model = onnx.load(str(model_file), load_external_data=False)
     graph = model.graph
     head = next(node for node in graph.node if "logits" in node.output)
-    last = "/lm_head/last_position"
+    last = LAST_POSITION
     graph.initializer.extend(
         helper.make_tensor(f"{last}/{name}", TensorProto.INT64, [1], [value])
         for name, value in (("starts", -1), ("ends", 2**62), ("axes", 1))
