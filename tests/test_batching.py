@@ -1,5 +1,6 @@
 """Batched decoding (bot/models/batching.py) on the real starter build: answers decoded together are
-exactly the answers decoded alone, whoever joins or leaves the batch meanwhile."""
+exactly the answers decoded alone, whoever joins or leaves the batch meanwhile; an INT4 build runs
+many rows at once through its int8 twin."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from prometheus_client import REGISTRY
 
-from bot.models.batching import Request, Search
+from bot.models import batching
+from bot.models.batching import Decoder, Request, Search
 from bot.models.chat import with_system
+from bot.models.export import INT8_FILE, ONNX_FILE, builds, export_onnx
 from bot.models.runtime import ChatModel, GenerationSettings
 from tests.support import ORDER_A, ORDER_Q, SYSTEM_PROMPT
 
@@ -131,3 +135,31 @@ def test_the_build_scores_only_the_last_position_and_a_prompt_read_at_once_equal
     for token in ids:
         logits, cache = decoder._run([token], cache)
     np.testing.assert_allclose(logits, at_once, atol=1e-4)
+
+
+def test_an_int4_build_runs_many_rows_through_its_int8_twin(
+    model: ChatModel, starter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = export_onnx(starter_dir / "models" / "v0001" / "hf", tmp_path / "onnx", "int4")
+    assert builds(built) == ["int4", "int8"]
+    graph = onnx.load(str(built / INT8_FILE), load_external_data=False).graph
+    assert {n.op_type for n in graph.node if "MatMul" in n.op_type} == {"DynamicQuantizeMatMul"}
+    # What the twin shares with the INT4 build is read from that build's file: here the fp32 embedding,
+    # which the starter ties to its LM head.
+    files = {t.name: e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    assert files["lm_head.MatMul.weight"] == ONNX_FILE + ".data"
+    assert set(files.values()) == {ONNX_FILE + ".data", INT8_FILE + ".data"}
+
+    decoder, prompt = Decoder(built, 2, 8), model.prompt_ids(chat(ORDER_Q))
+    assert decoder.session_for(1) is decoder.session and decoder.session_for(batching.INT8_FROM_ROWS) is decoder.int8
+    together = [Request(prompt, 24, Search()) for _ in range(batching.INT8_FROM_ROWS)]
+    for request in together[:-1]:  # queued before the loop starts, so all four share every step
+        decoder._waiting.put(request)
+    decoder.submit(together[-1])
+    monkeypatch.setattr(batching, "INT8_FROM_ROWS", 1)  # alone, every run through the twin as well
+    for request in together:
+        request.done.wait(60)
+    alone = Request(prompt, 24, Search())
+    decoder.submit(alone)
+    alone.done.wait(60)
+    assert alone.tokens and all(request.tokens == alone.tokens for request in together)

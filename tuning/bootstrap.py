@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from bot.models.chat import Chat, with_system
-from bot.models.export import export_onnx
+from bot.models.export import builds, export_onnx
 from bot.models.registry import HF_DIR, ONNX_DIR, Registry
 from tuning import dataset, formats
 from tuning.config import PRESETS, TuneConfig
@@ -202,6 +202,7 @@ def bootstrap(
             "examples": len(chats),
             "system_prompt": system_prompt,
             "config": asdict(cfg),
+            "builds": builds(scratch / ONNX_DIR),
             "shape": size.shape,
             "corpus": size.corpus,
             # What answers need: the bot serves BOT_MAX_NEW_TOKENS (default 96); set it to this for this model.

@@ -29,7 +29,7 @@ from typing import Any
 
 from bot.audit import cli_actor
 from bot.models.chat import Chat, with_system
-from bot.models.export import export_onnx
+from bot.models.export import builds, export_onnx
 from bot.models.registry import HF_DIR, ONNX_DIR, Registry
 from bot.models.runtime import ChatModel, GenerationSettings
 from bot.store import Store, store_location
@@ -179,6 +179,7 @@ def _run(data_dir: Path, system_prompt: str, options: RunOptions) -> dict[str, A
             "data_card": card,
             "system_prompt": system_prompt,
             "config": asdict(cfg),
+            "builds": builds(scratch / ONNX_DIR),
             "metrics": metrics_report,
             "production_metrics": production_report,
             "gate": decision,

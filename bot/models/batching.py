@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from prometheus_client import Histogram
+
+from bot.models.export import INT8_FILE
 
 BATCH = Histogram("bot_model_batch_size", "Answers advanced together by one model run", buckets=(1, 2, 4, 8, 16, 32))
 
@@ -55,6 +57,11 @@ class Request:
 
 
 MAX_PREFIXES = 4  # shared prompt starts kept read (one per system prompt in use)
+# Model runs of this many rows (a prompt's tokens, a step's answers) go to an INT4 build's int8 twin: its
+# kernels take 8 rows for ~1.3x the price of one, INT4's for ~2.3x, while one row is ~25% faster in
+# INT4, which reads half the weight bytes (bench/RESULTS.md, "round 4").
+INT8_FROM_ROWS = 4
+ROOM_STEP = 128  # cache arrays grow by whole steps, so a batch of varied prompts reallocates rarely
 
 
 class Decoder:
@@ -86,6 +93,10 @@ class Decoder:
         self.session = ort.InferenceSession(
             str(onnx_dir / decoder["filename"]), options, providers=["CPUExecutionProvider"]
         )
+        twin = onnx_dir / INT8_FILE  # an INT4 build's int8 twin (export.quantize_int8), for runs of many rows
+        self.int8 = (
+            ort.InferenceSession(str(twin), options, providers=["CPUExecutionProvider"]) if twin.exists() else None
+        )
         self.max_batch = max_batch
         self._waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
         # The loop thread runs only while there is work, so a retired model holds no thread and is freed.
@@ -104,22 +115,26 @@ class Decoder:
     # --- the loop ---------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        batch = _Batch(self, [], [], [])
+        batch = _Batch(self)
         while True:
-            # Between two steps: ended answers leave and waiting ones join, in one regrouping.
-            keep = [i for i, request in enumerate(batch.rows) if not request.done.is_set()]
-            joined = self._admit(self.max_batch - len(keep))
-            if joined or len(keep) < len(batch.rows):
-                batch = batch.regroup(keep, joined)
+            # Between two steps: ended answers leave and waiting ones join.
+            ended = [i for i, request in enumerate(batch.rows) if request.done.is_set()]
+            for i in reversed(ended):
+                batch.leave(i)
+            joined = self._admit(self.max_batch - len(batch.rows))
+            for request, present in joined:
+                batch.join(request, present)
             if not batch.rows:
                 with self._lock:  # nothing running: stop, unless an answer arrived meanwhile
                     if self._waiting.empty():
                         self._running = False
                         return
                 continue
+            if ended or joined:
+                batch.bind()
             try:
                 self._step(batch)
-            except Exception as exc:  # every answer in the batch gets it; they leave at the next regrouping
+            except Exception as exc:  # every answer in the batch gets it; they leave before the next step
                 for request in batch.rows:
                     self._finish(request, exc)
 
@@ -159,11 +174,14 @@ class Decoder:
         self._advance(request, logits[0, -1])
         return present
 
+    def session_for(self, rows: int) -> ort.InferenceSession:
+        return self.int8 if self.int8 is not None and rows >= INT8_FROM_ROWS else self.session
+
     def _run(self, ids: list[int], cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One row: `ids` read after its `cache`."""
         width = cache[0].shape[2] + len(ids)
         feed = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, width), dtype=np.int64)}
-        logits, *present = self.session.run(
+        logits, *present = self.session_for(len(ids)).run(
             ["logits", *self.present_names], feed | dict(zip(self.past_names, cache, strict=True))
         )
         return logits, present
@@ -175,9 +193,11 @@ class Decoder:
         mask = np.zeros((len(batch.rows), max(batch.lengths) + 1), dtype=np.int64)
         for i, length in enumerate(batch.lengths):
             mask[i, : length + 1] = 1  # the row's cache plus the token it is given now
-        batch.binding.bind_cpu_input("input_ids", np.asarray([[r.tokens[-1]] for r in batch.rows], dtype=np.int64))
-        batch.binding.bind_cpu_input("attention_mask", mask)
-        self.session.run_with_iobinding(batch.binding)
+        session = self.session_for(len(batch.rows))
+        binding = batch.bindings[session]
+        binding.bind_cpu_input("input_ids", np.asarray([[r.tokens[-1]] for r in batch.rows], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", mask)
+        session.run_with_iobinding(binding)
         for i, request in enumerate(batch.rows):
             batch.lengths[i] += 1
             self._advance(request, batch.logits[i, -1])
@@ -205,41 +225,65 @@ class Decoder:
 
 
 class _Batch:
-    """The answers being decoded and their caches. Per past name one array [rows, kv_heads, room,
-    head_size], bound as both the model's past and its present: GroupQueryAttention then writes each
-    step's keys and values into it in place, so a step copies no cache. `room` fits every row's prompt
-    and longest answer, so the arrays change only when a row joins or leaves."""
+    """The answers being decoded and their caches. Per past name one array [max_batch, kv_heads, room,
+    head_size] whose first len(rows) rows are the batch, bound as both the model's past and its
+    present: GroupQueryAttention writes each step's keys and values into it in place, so a step copies
+    no cache. An answer that ends leaves by the last row moving into its place and a new one is written
+    after the last, so a change copies only the rows that move. `room` fits every row's prompt and
+    longest answer; the arrays grow (copied once) when a new answer needs more."""
 
-    def __init__(self, decoder: Decoder, rows: list[Request], lengths: list[int], cache: list[np.ndarray]) -> None:
-        self.decoder, self.rows, self.lengths, self.cache = decoder, rows, lengths, cache
-        self.binding = decoder.session.io_binding()
-        self.logits = np.empty((len(rows), 1, decoder.vocab), dtype=np.float32)
-        if rows:
-            names = zip(decoder.past_names, decoder.present_names, cache, strict=True)
-            for past, present, array in names:
-                value = ort.OrtValue.ortvalue_from_numpy(array)
-                self.binding.bind_ortvalue_input(past, value)
-                self.binding.bind_ortvalue_output(present, value)
-            self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.rows: list[Request] = []
+        self.lengths: list[int] = []  # each row's cache length
+        self.cache: list[np.ndarray] = []
+        self.room = 0
+        self.bindings = {session: session.io_binding() for session in (decoder.session, decoder.int8) if session}
+        self.logits = np.empty((decoder.max_batch, 1, decoder.vocab), dtype=np.float32)
 
-    def regroup(self, keep: Sequence[int], joined: list[tuple[Request, list[np.ndarray]]]) -> _Batch:
-        """A batch of rows `keep` of this one, then the `joined` requests with the caches their prompts left."""
-        decoder = self.decoder
-        rows = [self.rows[i] for i in keep] + [request for request, _ in joined]
-        lengths = [self.lengths[i] for i in keep] + [len(request.prompt) for request, _ in joined]
-        if not rows:
-            return _Batch(decoder, [], [], [])
-        room = max(min(decoder.context, len(r.prompt) + r.max_new_tokens) for r in rows)
-        used = max((self.lengths[i] for i in keep), default=0)
-        cache = []
-        for n in range(len(decoder.past_names)):
-            array = np.zeros((len(rows), decoder.kv_heads, room, decoder.head_size), dtype=np.float32)
-            if keep:
-                array[: len(keep), :, :used] = self.cache[n][list(keep), :, :used]
-            for j, (_, present) in enumerate(joined, start=len(keep)):
-                array[j, :, : present[n].shape[2]] = present[n][0]
-            cache.append(array)
-        return _Batch(decoder, rows, lengths, cache)
+    def leave(self, index: int) -> None:
+        last = len(self.rows) - 1
+        if index != last:
+            used = self.lengths[last]
+            for array in self.cache:
+                array[index, :, :used] = array[last, :, :used]
+            self.rows[index], self.lengths[index] = self.rows[last], self.lengths[last]
+        self.rows.pop()
+        self.lengths.pop()
+        if not self.rows:  # an idle model holds no cache
+            self.cache, self.room = [], 0
+
+    def join(self, request: Request, present: list[np.ndarray]) -> None:
+        """`request` as the last row, with the cache its prompt left."""
+        self._fit(min(self.decoder.context, len(request.prompt) + request.max_new_tokens))
+        row = len(self.rows)
+        for array, value in zip(self.cache, present, strict=True):
+            array[row, :, : value.shape[2]] = value[0]
+        self.rows.append(request)
+        self.lengths.append(len(request.prompt))
+
+    def _fit(self, room: int) -> None:
+        if room <= self.room:
+            return
+        decoder, rows = self.decoder, len(self.rows)
+        room = min(decoder.context, -(-room // ROOM_STEP) * ROOM_STEP)
+        shape = (decoder.max_batch, decoder.kv_heads, room, decoder.head_size)
+        grown = [np.zeros(shape, dtype=np.float32) for _ in decoder.past_names]
+        for array, old in zip(grown, self.cache, strict=False):  # no old arrays when the batch was empty
+            array[:rows, :, : self.room] = old[:rows]
+        self.cache, self.room = grown, room
+
+    def bind(self) -> None:
+        """Bind the first len(rows) rows of each array (views, not copies) for the next steps."""
+        decoder, rows = self.decoder, len(self.rows)
+        for past, present, array in zip(decoder.past_names, decoder.present_names, self.cache, strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(array[:rows])
+            for binding in self.bindings.values():
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+        logits = ort.OrtValue.ortvalue_from_numpy(self.logits[:rows])
+        for binding in self.bindings.values():
+            binding.bind_ortvalue_output("logits", logits)
 
 
 def choose(logits: np.ndarray, search: Search, seen: list[int]) -> int:

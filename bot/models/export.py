@@ -21,6 +21,8 @@ from bot.models.registry import HF_DIR, ONNX_DIR
 
 log = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
+# Beside an INT4 build: its int8 twin, for model runs of many rows (`quantize_int8`).
+INT8_FILE = "model-int8.onnx"
 GENAI_CONFIG = "genai_config.json"  # what marks a built folder
 PRECISIONS = ("fp32", "int4")
 # Weights files larger than this are a pretrained-size model and get INT4 weights by default; smaller
@@ -70,9 +72,20 @@ def export_onnx(model_dir: Path | str, out_dir: Path, precision: str | None = No
             for path in built.iterdir():  # the runtime's config and the tokenizer, as built
                 if not path.name.startswith(ONNX_FILE):
                     shutil.copy2(path, out_dir / path.name)
+            quantize_int8(built / ONNX_FILE, out_dir)
+            last_logits_only(out_dir / INT8_FILE)
     last_logits_only(out_dir / ONNX_FILE)
     copy_side_files(Path(model_dir), out_dir)
     return out_dir
+
+
+def builds(onnx_dir: Path) -> list[str]:
+    """What a built folder holds, for its version's manifest: "fp32", or "int4" and its "int8" twin."""
+    import onnx
+
+    graph = onnx.load(str(onnx_dir / ONNX_FILE), load_external_data=False).graph
+    held = ["int4" if any(node.op_type == "MatMulNBits" for node in graph.node) else "fp32"]
+    return held + ["int8"] * (onnx_dir / INT8_FILE).exists()
 
 
 def _run(command: list[str], failure: str) -> None:
@@ -99,6 +112,73 @@ def quantize_int4(source: Path, target: Path) -> None:
     )
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
+
+
+def quantize_int8(fp32_file: Path, out_dir: Path) -> None:
+    """`INT8_FILE` in `out_dir`, beside its INT4 build: the fp32 build with every MatMul weight in int8,
+    one scale per output column, multiplied with int8-quantised activations (DynamicQuantizeMatMul).
+    The INT4 kernel pays per row, where int8 matrix products (VNNI, AMX) take many rows for little more
+    than one: the runtime sends prompts and steps of several answers here (`batching.INT8_FROM_ROWS`),
+    single rows to the INT4 build, which reads half the bytes. The tensors it shares with the INT4
+    build (the embedding, norms, rotary tables) stay in that build's data file, not copied; one weight
+    at a time is in memory."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data, uses_external_data
+
+    model = onnx.load(str(fp32_file), load_external_data=False)
+    graph = model.graph
+    int4 = onnx.load(str(out_dir / ONNX_FILE), load_external_data=False).graph.initializer
+    shared = {tensor.name: tensor.external_data for tensor in int4 if uses_external_data(tensor)}
+    weights = {node.input[1] for node in graph.node if node.op_type == "MatMul"}
+    # A tied model's embedding reads the LM head's weight too: that one is kept as it is as well.
+    used_elsewhere = {name for node in graph.node if node.op_type != "MatMul" for name in node.input}
+    data_file = INT8_FILE + ".data"
+    initializers = []
+
+    def read(tensor: onnx.TensorProto) -> np.ndarray:
+        if not uses_external_data(tensor):
+            return numpy_helper.to_array(tensor)
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        count, offset = int(np.prod(tensor.dims)), int(info.get("offset", 0))
+        return np.fromfile(fp32_file.parent / info["location"], dtype, count, offset=offset).reshape(tensor.dims)
+
+    with open(out_dir / data_file, "wb") as data:
+
+        def stored(name: str, array: np.ndarray) -> onnx.TensorProto:
+            tensor = numpy_helper.from_array(array, name)
+            set_external_data(tensor, data_file, offset=data.tell(), length=array.nbytes)
+            data.write(tensor.raw_data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            return tensor
+
+        for tensor in graph.initializer:
+            if tensor.name in weights:
+                array = read(tensor)
+                scale = np.abs(array).max(axis=0) / 127  # [K, N] weights: one scale per output column
+                scale[scale == 0] = 1
+                initializers.append(stored(f"{tensor.name}/int8", np.rint(array / scale).astype(np.int8)))
+                initializers.append(stored(f"{tensor.name}/scale", scale.astype(np.float32)))
+                if tensor.name not in used_elsewhere:
+                    continue
+            if tensor.name in shared:
+                del tensor.external_data[:]
+                tensor.external_data.extend(shared[tensor.name])
+                initializers.append(tensor)
+            elif uses_external_data(tensor):
+                initializers.append(stored(tensor.name, read(tensor)))
+            else:
+                initializers.append(tensor)
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            node.op_type, node.domain = "DynamicQuantizeMatMul", "com.microsoft"
+            node.input[:] = [node.input[0], f"{node.input[1]}/int8", f"{node.input[1]}/scale"]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    onnx.save(model, str(out_dir / INT8_FILE))
 
 
 def last_logits_only(model_file: Path) -> None:
