@@ -2,7 +2,7 @@
 onnxruntime-genai's INT4 build) against onnxruntime-genai's own generator on the same build and
 llama.cpp on the same Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF, on CPU. Prints markdown tables.
 
-    .venv/bin/python bench/speed_bench.py [--gguf FILE] [--sections build,decode,contention,ttft,agree,bot,concurrency]
+    .venv/bin/python bench/speed_bench.py [--gguf FILE] [--sections build,rows,decode,contention,ttft,agree,bot,concurrency]
                                           [--reps 3] [--bot-questions 100] [--concurrent-questions 64]
 
 Needs the real model (`../shared/tools/get-pretrained-qwen`, run when --gguf is not given), llama.cpp's
@@ -11,6 +11,8 @@ binding (`../shared/tools/install-llama-cpp .venv`) and the Bitext questions in 
 - build: GGUF -> PyTorch folder (`gguf_to_folder`) -> `export_onnx(..., "int4")` and `"fp32"`, each in a
   child process (wall time; peak RSS of its largest process, from wait4). Built folders are kept in
   `.venv/bench-cache/`, so a rerun skips them (and reports the first build's numbers). Runs always.
+- rows: one decoding step's cost by batch size (1-8 answers), on the INT4 build and on its int8 twin,
+  at 1 and 2 threads (the evidence for `batching.INT8_FROM_ROWS`).
 - decode: one ChatML prompt (bot's system prompt + a Bitext question), greedy, exactly 64 new tokens
   (end tokens ignored by every engine), at 1 and 2 threads, engines alternating run by run, median of
   --reps after one warm-up each. Time to first token is timed apart; decode tok/s counts the 63 tokens
@@ -54,9 +56,10 @@ sys.path.insert(0, str(ROOT))  # run as a script: import the project from the ch
 import onnxruntime_genai as og  # noqa: E402
 
 from bot.config import BotSettings  # noqa: E402
+from bot.models import batching  # noqa: E402
 from bot.models.batching import Decoder, Request, Search  # noqa: E402
 from bot.models.chat import with_system  # noqa: E402
-from bot.models.export import LAST_POSITION  # noqa: E402
+from bot.models.export import INT8_FILE, LAST_POSITION  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 BITEXT = SHARED / "data" / "bitext" / "Bitext_Sample_Customer_Support_Training_Dataset_8b6ca3d.csv"
@@ -65,6 +68,7 @@ CACHE = ROOT / ".venv" / "bench-cache"
 NEW_TOKENS = 64
 AGREE_TOKENS = 32
 AGREE_QUESTIONS = 20
+STEP_CACHE = 80  # cache length of the rows in the step-by-batch-size section
 LONG_PROMPT_TOKENS = 200
 SYSTEM_PROMPT = BotSettings(_env_file=None).system_prompt
 
@@ -197,8 +201,8 @@ def og_folder(folder: Path) -> Path:
     target = folder.with_name(folder.name + "-all-logits")
     if not (target / "model.onnx").exists():
         target.mkdir(exist_ok=True)
-        for path in folder.iterdir():
-            if path.name != "model.onnx" and not (target / path.name).exists():
+        for path in folder.iterdir():  # not the int8 twin: onnxruntime-genai knows nothing of it
+            if path.name != "model.onnx" and not path.name.startswith(INT8_FILE) and not (target / path.name).exists():
                 os.link(path, target / path.name)
         model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
         graph = model.graph
@@ -443,6 +447,45 @@ def section_ttft(folders: dict[str, Path], gguf: Path, tokenizer: object, pool: 
     load("at end")
 
 
+def section_rows(folder: Path) -> None:
+    """One decoding step's cost by how many answers it advances, on the INT4 build and on its int8 twin:
+    the evidence for `batching.INT8_FROM_ROWS`."""
+    import numpy as np
+
+    say("## One step by batch size: INT4 build vs its int8 twin\n")
+    load("at start")
+    rows = []
+    for threads in (1, 2):
+        decoder = Decoder(folder, threads, max_batch=8)
+        for label, session in (("INT4", decoder.session), ("int8 twin", decoder.int8)):
+            cells = []
+            for size in range(1, 9):
+                batch = batching._Batch(decoder)
+                for _ in range(size):
+                    request = Request([0] * STEP_CACHE, STEP_CACHE, Search())
+                    request.tokens.append(0)
+                    empty = np.zeros((1, decoder.kv_heads, STEP_CACHE, decoder.head_size), dtype=np.float32)
+                    batch.join(request, [empty] * len(decoder.past_names))
+                batch.bind()
+                binding, took = batch.bindings[session], []
+                binding.bind_cpu_input("input_ids", np.zeros((size, 1), dtype=np.int64))
+                binding.bind_cpu_input("attention_mask", np.ones((size, STEP_CACHE + 1), dtype=np.int64))
+                for _ in range(12):
+                    began = time.perf_counter()
+                    session.run_with_iobinding(binding)
+                    took.append(time.perf_counter() - began)
+                cells.append(statistics.median(took[2:]) * 1000)
+            rows.append([str(threads), label, *(f"{ms:.1f}" for ms in cells), f"{cells[-1] / cells[0]:.2f}x"])
+        del decoder
+        gc.collect()
+    table(["threads", "weights", *(f"{n} ms" for n in range(1, 9)), "8 vs 1"], rows)
+    say(
+        f"A model run reading one new token per row after a {STEP_CACHE}-token cache, median of 10 after 2 "
+        f"warm-ups. The bot sends runs of {batching.INT8_FROM_ROWS} rows and more (prompts included) to the twin.\n"
+    )
+    load("at end")
+
+
 def strip_eos(tokens: list[int], eos: set[int]) -> list[int]:
     for i, token in enumerate(tokens):
         if token in eos:
@@ -534,8 +577,12 @@ def section_agree(folders: dict[str, Path], tokenizer: object, asked: list[str])
             "first difference at (= identical)",
         ],
         [
-            ["bot's path INT4 vs onnxruntime-genai generator INT4", *agreement(answers["og-int4"], answers["int4"])],
-            ["INT4 build vs fp32 build", *agreement(answers["fp32"], answers["int4"])],
+            [
+                "bot's path (INT4, prompts read by the int8 twin) vs onnxruntime-genai generator (INT4)",
+                *agreement(answers["og-int4"], answers["int4"]),
+            ],
+            ["INT4 build (generator) vs fp32 build", *agreement(answers["fp32"], answers["og-int4"])],
+            ["bot's path vs fp32 build", *agreement(answers["fp32"], answers["int4"])],
             ["fp32 build vs PyTorch eager", *agreement(answers["torch"], answers["fp32"])],
         ],
     )
@@ -555,7 +602,7 @@ def section_agree(folders: dict[str, Path], tokenizer: object, asked: list[str])
     )
     for q, a, b in zip(asked, answers["fp32"], answers["int4"], strict=True):
         if a != b:
-            say(f"Example difference, {q!r}:\n- fp32: {tokenizer.decode(a)!r}\n- INT4: {tokenizer.decode(b)!r}\n")  # type: ignore[attr-defined]
+            say(f"Example difference, {q!r}:\n- fp32: {tokenizer.decode(a)!r}\n- bot's path: {tokenizer.decode(b)!r}\n")  # type: ignore[attr-defined]
             break
     load("at end")
 
@@ -633,7 +680,7 @@ async def customers(
 
     todo = list(enumerate(asked))
     latencies: list[float] = []
-    tokens: list[int] = []
+    answers: list[str] = []
     failed = 0
 
     async def customer() -> None:
@@ -645,9 +692,11 @@ async def customers(
             status, reply = await post(server, "/chat", body)  # type: ignore[arg-type]
             latencies.append(time.perf_counter() - began)
             failed += status != 200 or reply.get("outcome") != "answered"
-            tokens.append(len(tokenizer(reply.get("answer", ""), add_special_tokens=False)["input_ids"]))  # type: ignore[operator]
+            answers.append(reply.get("answer", ""))
 
     await asyncio.gather(*(customer() for _ in range(count)))
+    # Counted after the run: a customer's client does not tokenise, so neither does this one while timed.
+    tokens = [len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers]  # type: ignore[operator]
     return latencies, tokens, failed
 
 
@@ -765,7 +814,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gguf", type=Path, help="the GGUF file (default: from ../shared/tools/get-pretrained-qwen)")
     parser.add_argument(
         "--sections",
-        default="build,decode,contention,ttft,agree,bot,concurrency",
+        default="build,rows,decode,contention,ttft,agree,bot,concurrency",
         help="comma-separated; build always runs",
     )
     parser.add_argument("--reps", type=int, default=3, help="decode runs per engine and thread count")
@@ -793,6 +842,7 @@ def main(argv: list[str] | None = None) -> None:
 
     at_once = rest[1 : args.concurrent_questions + 1]
     steps: list[tuple[str, Callable[[], None]]] = [
+        ("rows", lambda: section_rows(folders["int4"])),
         ("decode", lambda: section_decode(folders, gguf, tokenizer, asked[0], args.reps)),
         ("contention", contention),
         ("ttft", lambda: section_ttft(folders, gguf, tokenizer, rest[args.bot_questions + 1 :])),
