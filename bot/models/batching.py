@@ -6,7 +6,9 @@ directly: its GroupQueryAttention takes each row's length from the attention mas
 different lengths share one batch, right-padded. A new answer's prompt is read alone (a prefill of
 one row, exactly as if it were the only one) and its key/value cache then joins the batch between two
 steps; a finished or cancelled answer leaves between two steps. Python does per step only what
-cannot be avoided: the next token of each row from its logits.
+cannot be avoided: the next token of each row from its logits. An INT4 build's runs of many rows
+(prompts, steps of several answers) go to its int8 twin, whose kernels share the weights' pass
+between rows (`INT8_FROM_ROWS`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Model builds, shared by serving and tuning: PyTorch weights (folder, hub id or GGUF file) -> an
 onnxruntime-genai model folder, made by ONNX Runtime's own model builder (fused grouped-query
-attention, a shared KV-cache buffer, INT4 weights computed in int8 for pretrained-size models), and
-scoring only the last position it reads.
+attention, a shared KV-cache buffer, INT4 weights computed in int8 for pretrained-size models, with an
+int8 twin for runs of many rows), and scoring only the last position it reads.
 `ensure_onnx` is the bot's loader: a model that is not yet built is built once, on first load, into a
 cache folder.
 """
