@@ -124,20 +124,20 @@ class Decoder:
             for i in reversed(ended):
                 batch.leave(i)
             joined = self._admit(self.max_batch - len(batch.rows))
-            for request, present in joined:
-                batch.join(request, present)
-            if not batch.rows:
+            if not batch.rows and not joined:
                 with self._lock:  # nothing running: stop, unless an answer arrived meanwhile
                     if self._waiting.empty():
                         self._running = False
                         return
                 continue
-            if ended or joined:
-                batch.bind()
             try:
+                for request, present in joined:
+                    batch.join(request, present)
+                if ended or joined:
+                    batch.bind()
                 self._step(batch)
             except Exception as exc:  # every answer in the batch gets it; they leave before the next step
-                for request in batch.rows:
+                for request in {id(r): r for r in batch.rows + [r for r, _ in joined]}.values():
                     self._finish(request, exc)
 
     def _admit(self, places: int) -> list[tuple[Request, list[np.ndarray]]]:
@@ -232,7 +232,8 @@ class _Batch:
     present: GroupQueryAttention writes each step's keys and values into it in place, so a step copies
     no cache. An answer that ends leaves by the last row moving into its place and a new one is written
     after the last, so a change copies only the rows that move. `room` fits every row's prompt and
-    longest answer; the arrays grow (copied once) when a new answer needs more."""
+    longest answer: the arrays are reallocated, rows copied, when a new answer needs more, and are
+    dropped when the batch empties (until then they keep their largest size)."""
 
     def __init__(self, decoder: Decoder) -> None:
         self.decoder = decoder

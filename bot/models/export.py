@@ -120,8 +120,9 @@ def quantize_int8(fp32_file: Path, out_dir: Path) -> None:
     The INT4 kernel pays per row, where int8 matrix products (VNNI, AMX) take many rows for little more
     than one: the runtime sends prompts and steps of several answers here (`batching.INT8_FROM_ROWS`),
     single rows to the INT4 build, which reads half the bytes. The tensors it shares with the INT4
-    build (the embedding, norms, rotary tables) stay in that build's data file, not copied; one weight
-    at a time is in memory."""
+    build (the embedding, norms, rotary tables) stay in that build's data file, not copied, so the twin
+    reads that file at its offsets as written: re-saving `model.onnx` with its data breaks the twin.
+    One weight at a time is in memory."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -131,7 +132,8 @@ def quantize_int8(fp32_file: Path, out_dir: Path) -> None:
     graph = model.graph
     int4 = onnx.load(str(out_dir / ONNX_FILE), load_external_data=False).graph.initializer
     shared = {tensor.name: tensor.external_data for tensor in int4 if uses_external_data(tensor)}
-    weights = {node.input[1] for node in graph.node if node.op_type == "MatMul"}
+    matrices = {tensor.name for tensor in graph.initializer if len(tensor.dims) == 2}
+    weights = {node.input[1] for node in graph.node if node.op_type == "MatMul" and node.input[1] in matrices}
     # A tied model's embedding reads the LM head's weight too: that one is kept as it is as well.
     used_elsewhere = {name for node in graph.node if node.op_type != "MatMul" for name in node.input}
     data_file = INT8_FILE + ".data"

@@ -1,7 +1,7 @@
 """Model runtime: a Qwen chat model served through ONNX Runtime, answers decoded in one batch.
 
-The model folder is onnxruntime-genai's build (`bot.models.export`): fused grouped-query attention and
-INT4 weights with accuracy level 4 (and an int8 twin for runs of many rows). Generation is `bot.models.batching`: every answer in progress
+The model folder is onnxruntime-genai's build (`bot.models.export`): fused grouped-query attention,
+INT4 weights with accuracy level 4 and an int8 twin for runs of many rows. Generation is `bot.models.batching`: every answer in progress
 advances one token per model run, together, so concurrent customers share each pass over the weights.
 The tokenizer and chat template are the Hugging Face ones saved beside the build, so prompts (and
 token counts for the context budget) are exactly what training used.
