@@ -38,7 +38,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from bot.feedback import Caller, NotAllowed, Role, UnknownTurn
 from bot.message import BotReply, UserMessage
-from bot.server import MAX_REQUEST_BYTES
+from bot.server import MAX_LINE_BYTES, MAX_REQUEST_BYTES
 from bot.service import ChannelService
 
 CHANNEL = "http"
@@ -353,7 +353,9 @@ SSE_EVENT = {
 }
 DESCRIPTION = (
     "Every route but /healthz and /openapi.json needs `Authorization: Bearer <token>` (BOT_API_TOKEN or a"
-    ' BOT_API_KEYS token); /metrics is also open to loopback peers. Every error is JSON: {"error": "..."}.'
+    ' BOT_API_KEYS token); /metrics is also open to loopback peers. Every error is JSON: {"error": "..."},'
+    f" except a request line or header over {MAX_LINE_BYTES // 1024} KiB, which the HTTP server refuses itself"
+    " (400, plain text)."
 )
 
 

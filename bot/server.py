@@ -16,6 +16,9 @@ from bot.app import Bot
 log = logging.getLogger(__name__)
 # Request bodies up to this size reach the handlers, which answer oversize text with a JSON error.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# A request line (a long query) or header up to this size reaches the handlers too, which refuse an
+# over-long value with a JSON 422. Beyond it aiohttp answers a plain-text 400 itself (its default: 8 KiB).
+MAX_LINE_BYTES = 64 * 1024
 
 
 class Channel(Protocol):
@@ -62,7 +65,10 @@ async def start_server(bot: Bot, channels: Sequence[Channel], reuse_port: bool =
             "no BOT_API_TOKEN or BOT_API_KEYS: the HTTP API needs no token, so it listens on loopback (%s) only",
             settings.http_host,
         )
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(
+        client_max_size=MAX_REQUEST_BYTES,
+        handler_args={"max_line_size": MAX_LINE_BYTES, "max_field_size": MAX_LINE_BYTES},
+    )
     for channel in channels:
         channel.add_routes(app)
     runner = web.AppRunner(app, access_log=None)
